@@ -1,0 +1,241 @@
+//! Domain tests of the core, without gRPC.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+fn core() -> Core {
+    Core::in_memory(CoreConfig {
+        max_payload_bytes: 1024,
+        default_stall_timeout: Duration::from_secs(300),
+        max_finished_tasks: 3,
+    })
+}
+
+fn new_task(id: &str) -> NewTask {
+    NewTask {
+        task_id: Some(id.to_owned()),
+        agent_id: "agent-1".to_owned(),
+        description: "work".to_owned(),
+        ..NewTask::default()
+    }
+}
+
+fn map(v: serde_json::Value) -> JsonMap {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Start, progress, update and complete each bump the version and append one event with
+/// the next seq, with no gap.
+#[tokio::test]
+async fn lifecycle_bumps_version_and_seq() {
+    let core = core();
+    let task = core.start_task(new_task("t1")).await.unwrap();
+    assert_eq!(
+        (task.version, task.status, task.create_seq),
+        (1, TaskStatus::Running, 1)
+    );
+    let ack = core.report_progress("t1", 0.5, "half".into()).await.unwrap();
+    assert_eq!((ack.version, ack.seq), (2, 2));
+    let ack = core.publish_update("t1", map(json!({"k": 1}))).await.unwrap();
+    assert_eq!((ack.version, ack.seq), (3, 3));
+    let done = core
+        .finish_task("t1", Outcome::Completed(Some(json!({"ok": true}))))
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.status), (4, TaskStatus::Completed));
+    let events = core.store().read_events(0, 100).unwrap();
+    let kinds: Vec<(u64, EventType)> = events.iter().map(|e| (e.seq, e.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, EventType::TaskStarted),
+            (2, EventType::TaskProgress),
+            (3, EventType::RealTimeUpdate),
+            (4, EventType::TaskCompleted),
+        ]
+    );
+    assert_eq!(core.head_seq(), 4);
+    // Finished tasks stay queryable.
+    assert_eq!(core.task("t1").unwrap().result, Some(json!({"ok": true})));
+}
+
+/// A duplicate id is refused and the first task is untouched.
+#[tokio::test]
+async fn duplicate_id_is_refused() {
+    let core = core();
+    core.start_task(new_task("t1")).await.unwrap();
+    let mut other = new_task("t1");
+    other.description = "other".into();
+    assert!(matches!(
+        core.start_task(other).await,
+        Err(CoreError::TaskExists { .. })
+    ));
+    assert_eq!(core.task("t1").unwrap().description, "work");
+    assert_eq!(core.head_seq(), 1);
+}
+
+/// Without an id the server assigns a UUID.
+#[tokio::test]
+async fn server_assigns_uuid() {
+    let core = core();
+    let mut new = new_task("x");
+    new.task_id = None;
+    let task = core.start_task(new).await.unwrap();
+    assert!(uuid::Uuid::parse_str(&task.id).is_ok());
+}
+
+/// A finished task refuses changes naming both states, and nothing is appended.
+#[tokio::test]
+async fn finished_task_refuses_changes() {
+    let core = core();
+    core.start_task(new_task("t1")).await.unwrap();
+    core.finish_task("t1", Outcome::Cancelled(Some("stop".into())))
+        .await
+        .unwrap();
+    let err = core.report_progress("t1", 0.1, String::new()).await.unwrap_err();
+    assert_eq!(err.to_string(), "task `t1` is CANCELLED: cannot move it to RUNNING");
+    let err = core.finish_task("t1", Outcome::Completed(None)).await.unwrap_err();
+    assert!(matches!(
+        err,
+        CoreError::IllegalTransition {
+            from: TaskStatus::Cancelled,
+            to: TaskStatus::Completed,
+            ..
+        }
+    ));
+    assert_eq!(core.head_seq(), 2);
+}
+
+/// Invalid input changes nothing.
+#[tokio::test]
+async fn invalid_input_changes_nothing() {
+    let core = core();
+    core.start_task(new_task("t1")).await.unwrap();
+    assert!(core.report_progress("t1", f64::NAN, String::new()).await.is_err());
+    assert!(core.report_progress("t1", 1.5, String::new()).await.is_err());
+    assert!(core.report_progress("nope", 0.5, String::new()).await.is_err());
+    let big = map(json!({"k": "x".repeat(2000)}));
+    assert!(core.publish_update("t1", big).await.is_err());
+    let task = core.task("t1").unwrap();
+    assert_eq!((task.version, task.progress), (1, 0.0));
+    assert_eq!(core.head_seq(), 1);
+}
+
+/// A PENDING task starts with its first progress report (TASK_CREATED, then
+/// TASK_STARTED and TASK_PROGRESS).
+#[tokio::test]
+async fn pending_task_starts_on_progress() {
+    let core = core();
+    let mut new = new_task("p");
+    new.pending = true;
+    let task = core.start_task(new).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Pending);
+    assert!(task.start_time.is_none());
+    core.report_progress("p", 0.1, "go".into()).await.unwrap();
+    let kinds: Vec<EventType> = core
+        .store()
+        .read_events(0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![EventType::TaskCreated, EventType::TaskStarted, EventType::TaskProgress]
+    );
+    let page = core.status(&StatusQuery::default()).unwrap();
+    assert_eq!(page.counters.tasks_started, 1);
+}
+
+/// Finished tasks past `max_finished_tasks` are forgotten, oldest finish first.
+#[tokio::test]
+async fn finished_task_retention() {
+    let core = core();
+    for i in 0..5 {
+        let id = format!("t{i}");
+        core.start_task(new_task(&id)).await.unwrap();
+        core.finish_task(&id, Outcome::Completed(None)).await.unwrap();
+    }
+    assert!(matches!(core.task("t0"), Err(CoreError::TaskNotFound { .. })));
+    assert!(matches!(core.task("t1"), Err(CoreError::TaskNotFound { .. })));
+    assert!(core.task("t2").is_ok());
+    assert_eq!(core.status(&StatusQuery::default()).unwrap().total_size, 3);
+}
+
+/// Pages follow creation order, carry the filters, and cover every match once.
+#[tokio::test]
+async fn pagination_and_filters() {
+    let core = core();
+    for i in 0..7 {
+        let mut new = new_task(&format!("t{i}"));
+        new.agent_id = if i % 2 == 0 { "even".into() } else { "odd".into() };
+        core.start_task(new).await.unwrap();
+    }
+    let mut query = StatusQuery {
+        agent_ids: vec!["even".into()],
+        page_size: 2,
+        ..StatusQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = core.status(&query).unwrap();
+        assert_eq!(page.total_size, 4);
+        seen.extend(page.tasks.iter().map(|t| t.id.clone()));
+        match page.next_page_token {
+            Some(token) => query.page_token = Some(token),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["t0", "t2", "t4", "t6"]);
+    // A token with other filters is refused.
+    let page = core
+        .status(&StatusQuery {
+            agent_ids: vec!["even".into()],
+            page_size: 2,
+            ..StatusQuery::default()
+        })
+        .unwrap();
+    let other = StatusQuery {
+        page_token: page.next_page_token,
+        ..StatusQuery::default()
+    };
+    assert!(matches!(core.status(&other), Err(CoreError::InvalidArgument { ref field, .. }) if field == "page_token"));
+    // Status filter.
+    core.finish_task(
+        "t1",
+        Outcome::Failed(TaskError {
+            message: "boom".into(),
+            details: None,
+        }),
+    )
+    .await
+    .unwrap();
+    let failed = core
+        .status(&StatusQuery {
+            statuses: vec![TaskStatus::Failed],
+            ..StatusQuery::default()
+        })
+        .unwrap();
+    assert_eq!(
+        failed.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec!["t1"]
+    );
+    assert_eq!(failed.active_tasks, 6);
+    assert_eq!(failed.counters.tasks_failed, 1);
+}
+
+/// After close, writes are refused as shutting down; reads still work.
+#[tokio::test]
+async fn close_refuses_writes() {
+    let core = core();
+    core.start_task(new_task("t1")).await.unwrap();
+    core.close();
+    assert!(matches!(
+        core.report_progress("t1", 0.2, String::new()).await,
+        Err(CoreError::ShuttingDown)
+    ));
+    assert!(core.task("t1").is_ok());
+}

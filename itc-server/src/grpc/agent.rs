@@ -1,0 +1,134 @@
+//! `itc.v1.AgentService`: task lifecycle, progress and updates.
+
+use std::time::SystemTime;
+
+use itc_proto::v1 as pb;
+use itc_proto::v1::agent_service_server::AgentService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, optional};
+use super::status::not_yet;
+use crate::core::{Core, NewTask, Outcome, TaskError};
+use crate::error::CoreError;
+
+/// The AgentService adapter over the core.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    core: Core,
+}
+
+impl AgentApi {
+    /// An adapter over `core`.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn start_task(
+        &self,
+        request: Request<pb::StartTaskRequest>,
+    ) -> Result<Response<pb::StartTaskResponse>, Status> {
+        let req = request.into_inner();
+        let new = NewTask {
+            task_id: optional(req.task_id),
+            agent_id: req.agent_id,
+            description: req.description,
+            metadata: convert::struct_field("metadata", req.metadata.as_ref())?,
+            priority: req.priority,
+            plan: convert::struct_field("plan", req.plan.as_ref())?,
+            stall_timeout: convert::duration_field("stall_timeout", req.stall_timeout.as_ref())?,
+            pending: req.pending,
+        };
+        let task = self.core.start_task(new).await?;
+        Ok(Response::new(pb::StartTaskResponse {
+            task: Some(convert::task(&task, SystemTime::now())),
+        }))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ReportProgressRequest>,
+    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let req = request.into_inner();
+        let ack = self
+            .core
+            .report_progress(&req.task_id, req.progress, req.message)
+            .await?;
+        Ok(Response::new(pb::ReportProgressResponse {
+            version: ack.version,
+            seq: ack.seq,
+            status: convert::task_status(ack.status) as i32,
+        }))
+    }
+
+    async fn publish_update(
+        &self,
+        request: Request<pb::PublishUpdateRequest>,
+    ) -> Result<Response<pb::PublishUpdateResponse>, Status> {
+        let req = request.into_inner();
+        let data = convert::struct_field("data", req.data.as_ref())?.unwrap_or_default();
+        let ack = self.core.publish_update(&req.task_id, data).await?;
+        Ok(Response::new(pb::PublishUpdateResponse {
+            version: ack.version,
+            seq: ack.seq,
+            status: convert::task_status(ack.status) as i32,
+        }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let req = request.into_inner();
+        let result = convert::value_field("result", req.result.as_ref())?;
+        let task = self.core.finish_task(&req.task_id, Outcome::Completed(result)).await?;
+        Ok(Response::new(pb::CompleteTaskResponse {
+            task: Some(convert::task(&task, SystemTime::now())),
+        }))
+    }
+
+    async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        let req = request.into_inner();
+        let error = req
+            .error
+            .ok_or_else(|| CoreError::invalid("error", "is required (with a message)"))?;
+        let error = TaskError {
+            message: error.message,
+            details: convert::struct_field("error.details", error.details.as_ref())?,
+        };
+        let task = self.core.finish_task(&req.task_id, Outcome::Failed(error)).await?;
+        Ok(Response::new(pb::FailTaskResponse {
+            task: Some(convert::task(&task, SystemTime::now())),
+        }))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let req = request.into_inner();
+        let task = self
+            .core
+            .finish_task(&req.task_id, Outcome::Cancelled(optional(req.reason)))
+            .await?;
+        Ok(Response::new(pb::CancelTaskResponse {
+            task: Some(convert::task(&task, SystemTime::now())),
+        }))
+    }
+
+    async fn request_input(
+        &self,
+        _request: Request<pb::RequestInputRequest>,
+    ) -> Result<Response<pb::RequestInputResponse>, Status> {
+        Err(not_yet("AgentService/RequestInput"))
+    }
+
+    async fn acknowledge_command(
+        &self,
+        _request: Request<pb::AcknowledgeCommandRequest>,
+    ) -> Result<Response<pb::AcknowledgeCommandResponse>, Status> {
+        Err(not_yet("AgentService/AcknowledgeCommand"))
+    }
+}

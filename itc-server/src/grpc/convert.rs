@@ -1,0 +1,315 @@
+//! Conversions between protocol messages and the core's types. Requests are converted and
+//! checked here (shape only: a field present, an enum known); the core checks values.
+
+use std::time::{Duration, SystemTime};
+
+use itc_proto::json;
+use itc_proto::v1 as pb;
+
+use crate::core::{self, Event, EventDetail, EventType, JsonMap, Task, TaskStatus};
+use crate::error::CoreError;
+
+/// A `Struct` field as a JSON object; a non-finite number names its path.
+pub(crate) fn struct_field(field: &str, value: Option<&prost_types::Struct>) -> Result<Option<JsonMap>, CoreError> {
+    value
+        .map(|s| {
+            json::struct_to_json(s)
+                .map_err(|e| CoreError::invalid(format!("{field}{}", e.path), "number is NaN or infinite"))
+        })
+        .transpose()
+}
+
+/// A `Value` field as JSON (unset: `None`).
+pub(crate) fn value_field(
+    field: &str,
+    value: Option<&prost_types::Value>,
+) -> Result<Option<serde_json::Value>, CoreError> {
+    value
+        .map(|v| {
+            json::value_to_json(v).map_err(|e| {
+                let path = if e.path == "/" { String::new() } else { e.path };
+                CoreError::invalid(format!("{field}{path}"), "number is NaN or infinite")
+            })
+        })
+        .transpose()
+}
+
+/// A `Duration` field; negative or out of range: invalid.
+pub(crate) fn duration_field(
+    field: &str,
+    value: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, CoreError> {
+    value
+        .map(|d| Duration::try_from(*d).map_err(|_| CoreError::invalid(field, "must be a non-negative duration")))
+        .transpose()
+}
+
+/// An optional id: empty means absent.
+pub(crate) fn optional(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// A status filter entry: UNSPECIFIED or unknown values are refused.
+pub(crate) fn task_status_from(field: &str, value: i32) -> Result<TaskStatus, CoreError> {
+    Ok(match pb::TaskStatus::try_from(value) {
+        Ok(pb::TaskStatus::Pending) => TaskStatus::Pending,
+        Ok(pb::TaskStatus::Running) => TaskStatus::Running,
+        Ok(pb::TaskStatus::Interrupted) => TaskStatus::Interrupted,
+        Ok(pb::TaskStatus::InputRequired) => TaskStatus::InputRequired,
+        Ok(pb::TaskStatus::Completed) => TaskStatus::Completed,
+        Ok(pb::TaskStatus::Failed) => TaskStatus::Failed,
+        Ok(pb::TaskStatus::Cancelled) => TaskStatus::Cancelled,
+        Ok(pb::TaskStatus::Unspecified) => {
+            return Err(CoreError::invalid(field, "TASK_STATUS_UNSPECIFIED is not a status"));
+        }
+        Err(_) => return Err(CoreError::invalid(field, format!("{value} is not a TaskStatus"))),
+    })
+}
+
+/// The protocol's status.
+pub(crate) fn task_status(status: TaskStatus) -> pb::TaskStatus {
+    match status {
+        TaskStatus::Pending => pb::TaskStatus::Pending,
+        TaskStatus::Running => pb::TaskStatus::Running,
+        TaskStatus::Interrupted => pb::TaskStatus::Interrupted,
+        TaskStatus::InputRequired => pb::TaskStatus::InputRequired,
+        TaskStatus::Completed => pb::TaskStatus::Completed,
+        TaskStatus::Failed => pb::TaskStatus::Failed,
+        TaskStatus::Cancelled => pb::TaskStatus::Cancelled,
+    }
+}
+
+/// The protocol's event type.
+#[cfg_attr(not(test), allow(dead_code))] // Subscribe is the next user
+pub(crate) fn event_type(kind: EventType) -> pb::EventType {
+    use pb::EventType as P;
+    match kind {
+        EventType::TaskStarted => P::TaskStarted,
+        EventType::TaskProgress => P::TaskProgress,
+        EventType::TaskCompleted => P::TaskCompleted,
+        EventType::TaskFailed => P::TaskFailed,
+        EventType::TaskInterrupted => P::TaskInterrupted,
+        EventType::CoordinatorQuery => P::CoordinatorQuery,
+        EventType::StatusRequest => P::StatusRequest,
+        EventType::PlanModification => P::PlanModification,
+        EventType::AgentCoordination => P::AgentCoordination,
+        EventType::StreamStart => P::StreamStart,
+        EventType::StreamData => P::StreamData,
+        EventType::StreamEnd => P::StreamEnd,
+        EventType::CoordinatorConnected => P::CoordinatorConnected,
+        EventType::CoordinatorDisconnected => P::CoordinatorDisconnected,
+        EventType::RealTimeUpdate => P::RealTimeUpdate,
+        EventType::TaskCreated => P::TaskCreated,
+        EventType::TaskResumed => P::TaskResumed,
+        EventType::TaskCancelled => P::TaskCancelled,
+        EventType::InputRequested => P::InputRequested,
+        EventType::InputProvided => P::InputProvided,
+        EventType::CoordinationDelivered => P::CoordinationDelivered,
+        EventType::CoordinationApplied => P::CoordinationApplied,
+        EventType::CoordinationRejected => P::CoordinationRejected,
+        EventType::CoordinationTimedOut => P::CoordinationTimedOut,
+        EventType::LockAcquired => P::LockAcquired,
+        EventType::LockReleased => P::LockReleased,
+        EventType::TaskStalled => P::TaskStalled,
+        EventType::Heartbeat => P::Heartbeat,
+        EventType::TaskOrphaned => P::TaskOrphaned,
+        EventType::TaskSnapshot => P::TaskSnapshot,
+        EventType::StreamReset => P::StreamReset,
+    }
+}
+
+pub(crate) fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+pub(crate) fn duration(d: Duration) -> prost_types::Duration {
+    // Durations here are far below prost's ~292-year limit.
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+/// A task as the protocol shows it; `now` computes the running time of live tasks.
+pub(crate) fn task(t: &Task, now: SystemTime) -> pb::Task {
+    pb::Task {
+        task_id: t.id.clone(),
+        agent_id: t.agent_id.clone(),
+        description: t.description.clone(),
+        status: task_status(t.status) as i32,
+        progress: t.progress,
+        status_message: t.status_message.clone(),
+        metadata: t.metadata.as_ref().map(json::json_to_struct),
+        priority: t.priority,
+        plan: (t.plan.version > 0).then(|| pb::Plan {
+            version: t.plan.version,
+            content: t.plan.content.as_ref().map(json::json_to_struct),
+            updated_by: t.plan.updated_by.clone().unwrap_or_default(),
+            update_time: t.plan.update_time.map(timestamp),
+        }),
+        version: t.version,
+        create_time: Some(timestamp(t.create_time)),
+        start_time: t.start_time.map(timestamp),
+        update_time: Some(timestamp(t.update_time)),
+        finish_time: t.finish_time.map(timestamp),
+        duration: Some(duration(t.duration(now))),
+        lock: None,
+        controlling_coordinator: t.controlling_coordinator.clone().unwrap_or_default(),
+        open_inputs: Vec::new(),
+        result: t.result.as_ref().map(json::json_to_value),
+        error: t.error.as_ref().map(|e| pb::TaskError {
+            message: e.message.clone(),
+            details: e.details.as_ref().map(json::json_to_struct),
+        }),
+        reason: t.reason.clone().unwrap_or_default(),
+        stalled: t.stalled,
+        orphaned: t.orphaned,
+        stall_timeout: Some(duration(t.stall_timeout)),
+    }
+}
+
+/// An event as the protocol shows it.
+#[cfg_attr(not(test), allow(dead_code))] // Subscribe is the next user
+pub(crate) fn event(e: &Event) -> pb::Event {
+    let detail = match &e.detail {
+        EventDetail::None => None,
+        EventDetail::Task(t) => Some(pb::event::Detail::Task(task(t, e.time))),
+        EventDetail::Progress { progress, message } => Some(pb::event::Detail::Progress(pb::ProgressDetail {
+            progress: *progress,
+            message: message.clone(),
+        })),
+    };
+    pb::Event {
+        seq: e.seq,
+        r#type: event_type(e.kind) as i32,
+        time: Some(timestamp(e.time)),
+        task_id: e.task_id.clone().unwrap_or_default(),
+        agent_id: e.agent_id.clone().unwrap_or_default(),
+        coordinator_id: e.coordinator_id.clone().unwrap_or_default(),
+        caused_by: e.caused_by.clone().unwrap_or_default(),
+        data: e.data.as_ref().map(json::json_to_struct),
+        task_version: e.task_version,
+        task_status: e.task_status.map_or(pb::TaskStatus::Unspecified, task_status) as i32,
+        detail,
+    }
+}
+
+/// A GetStatus request as a core query.
+pub(crate) fn status_query(req: pb::GetStatusRequest) -> Result<core::StatusQuery, CoreError> {
+    let statuses = req
+        .statuses
+        .iter()
+        .map(|s| task_status_from("statuses", *s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let page_size = usize::try_from(req.page_size)
+        .map_err(|_| CoreError::invalid("page_size", format!("{} is negative", req.page_size)))?;
+    Ok(core::StatusQuery {
+        statuses,
+        agent_ids: req.agent_ids,
+        page_size,
+        page_token: optional(req.page_token),
+    })
+}
+
+/// A status page as a GetStatus response.
+pub(crate) fn status_page(page: core::StatusPage) -> pb::GetStatusResponse {
+    let c = &page.counters;
+    let [
+        pending,
+        running,
+        interrupted,
+        input_required,
+        completed,
+        failed,
+        cancelled,
+    ] = page.tasks_by_status;
+    pb::GetStatusResponse {
+        state: match page.state {
+            core::ServiceState::Idle => pb::ServiceState::Idle,
+            core::ServiceState::Running => pb::ServiceState::Running,
+            core::ServiceState::Interrupted => pb::ServiceState::Interrupted,
+        } as i32,
+        tasks: page.tasks.iter().map(|t| task(t, page.time)).collect(),
+        next_page_token: page.next_page_token.unwrap_or_default(),
+        total_size: page.total_size,
+        active_tasks: page.active_tasks,
+        global_interrupt: page.global_interrupt,
+        sessions: Vec::new(),
+        statistics: Some(pb::Statistics {
+            tasks_started: c.tasks_started,
+            tasks_completed: c.tasks_completed,
+            tasks_interrupted: c.tasks_interrupted,
+            coordinator_interactions: c.coordinator_interactions,
+            agent_queries: c.agent_queries,
+            human_queries: c.human_queries,
+            started_at: Some(timestamp(page.started_at)),
+            tasks_failed: c.tasks_failed,
+            tasks_cancelled: c.tasks_cancelled,
+            tasks_by_status: Some(pb::TaskCounts {
+                pending,
+                running,
+                interrupted,
+                input_required,
+                completed,
+                failed,
+                cancelled,
+            }),
+            events_published: c.events_published,
+            head_seq: page.head_seq,
+            oldest_retained_seq: page.oldest_retained_seq,
+            active_streams: 0,
+            events_delivered: 0,
+            lagging_subscribers: 0,
+            dropped_subscribers: 0,
+            connected_sessions: 0,
+            commands_admitted: c.commands_admitted,
+        }),
+        time: Some(timestamp(page.time)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A progress event keeps its seq, type, task fields and typed detail on the wire.
+    #[test]
+    fn progress_event_to_proto() {
+        let e = Event {
+            seq: 7,
+            kind: EventType::TaskProgress,
+            time: SystemTime::UNIX_EPOCH,
+            task_id: Some("t".into()),
+            agent_id: Some("a".into()),
+            coordinator_id: None,
+            caused_by: None,
+            data: json!({"k": 1}).as_object().cloned(),
+            task_version: 3,
+            task_status: Some(TaskStatus::Running),
+            detail: EventDetail::Progress {
+                progress: 0.5,
+                message: "half".into(),
+            },
+        };
+        let p = event(&e);
+        assert_eq!(
+            (p.seq, p.r#type, p.task_version),
+            (7, pb::EventType::TaskProgress as i32, 3)
+        );
+        assert_eq!(
+            (p.task_id.as_str(), p.agent_id.as_str(), p.coordinator_id.as_str()),
+            ("t", "a", "")
+        );
+        assert_eq!(p.task_status, pb::TaskStatus::Running as i32);
+        assert_eq!(
+            p.detail,
+            Some(pb::event::Detail::Progress(pb::ProgressDetail {
+                progress: 0.5,
+                message: "half".into()
+            }))
+        );
+        let data = p.data.map(|d| itc_proto::json::struct_to_json(&d));
+        assert_eq!(data, Some(Ok(json!({"k": 1}).as_object().cloned().unwrap_or_default())));
+    }
+}

@@ -1,0 +1,61 @@
+//! `itc.v1.MonitorService`: status polling (and, next, live streams).
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use itc_proto::v1 as pb;
+use itc_proto::v1::monitor_service_server::MonitorService;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::not_yet;
+use crate::core::Core;
+
+/// The MonitorService adapter over the core.
+#[derive(Debug, Clone)]
+pub struct MonitorApi {
+    core: Core,
+}
+
+impl MonitorApi {
+    /// An adapter over `core`.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+#[tonic::async_trait]
+impl MonitorService for MonitorApi {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(not_yet("MonitorService/Subscribe"))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let query = convert::status_query(request.into_inner())?;
+        let page = self.core.status(&query)?;
+        Ok(Response::new(convert::status_page(page)))
+    }
+
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let task = self.core.task(&request.get_ref().task_id)?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(convert::task(&task, SystemTime::now())),
+        }))
+    }
+
+    async fn get_input(
+        &self,
+        _request: Request<pb::GetInputRequest>,
+    ) -> Result<Response<pb::GetInputResponse>, Status> {
+        Err(not_yet("MonitorService/GetInput"))
+    }
+}

@@ -1,0 +1,165 @@
+//! The ITC service: a gRPC server through which agents report long-running tasks and
+//! coordinators watch and steer them.
+//!
+//! # Layout
+//!
+//! - [`core`]: the domain (tasks, the event log, statistics); no gRPC.
+//! - [`store`]: persistence behind the [`store::Store`] trait.
+//! - [`grpc`]: thin adapters, one per service, converting requests and mapping errors.
+//! - [`config`]: settings (flags, `ITC_*` environment, TOML file, defaults).
+//! - [`serve`]: runs the whole service on a bound listener until a shutdown signal.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = itc_server::config::Settings::default();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! itc_server::serve(listener, settings, shutdown).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use itc_proto::v1::agent_service_server::AgentServiceServer;
+use itc_proto::v1::coordinator_service_server::CoordinatorServiceServer;
+use itc_proto::v1::monitor_service_server::MonitorServiceServer;
+use itc_proto::v1::session_service_server::SessionServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod grpc;
+pub mod store;
+
+use config::Settings;
+use core::{Core, CoreConfig};
+use store::{MemoryStore, Store};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The core could not start (its store failed to recover).
+    #[error("cannot start: {0}")]
+    Core(#[from] error::CoreError),
+    /// Reflection could not load the descriptor sets (a build problem).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The fully-qualified names of the services ITC serves (as health and reflection see
+/// them).
+pub const SERVICE_NAMES: [&str; 4] = [
+    "itc.v1.AgentService",
+    "itc.v1.CoordinatorService",
+    "itc.v1.MonitorService",
+    "itc.v1.SessionService",
+];
+
+/// Serves ITC on `listener` until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, the core refuses new writes, the listener closes, and in-flight calls get
+/// up to `shutdown_grace` to finish before this returns anyway.
+pub async fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(
+        settings.event_retention_count,
+        settings.event_retention_age,
+    ));
+    let core = Core::open(CoreConfig::from_settings(&settings), store)?;
+    serve_core(listener, settings, core, shutdown).await
+}
+
+/// As [`serve`], over an existing core (tests that look inside, embedding).
+pub async fn serve_core(
+    listener: TcpListener,
+    settings: Settings,
+    core: Core,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in SERVICE_NAMES {
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(itc_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(itc_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max = settings.max_message_bytes;
+    let agent = AgentServiceServer::new(grpc::AgentApi::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let monitor = MonitorServiceServer::new(grpc::MonitorApi::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let session = SessionServiceServer::new(grpc::SessionApi::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let coordinator = CoordinatorServiceServer::new(grpc::CoordinatorApi::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    // Dead peers (no FIN) are noticed by HTTP/2 and TCP keepalives and their calls freed.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_core = core.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, refusing new work, draining calls");
+        health.set_service_status("", ServingStatus::NotServing).await;
+        for name in SERVICE_NAMES {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        drain_core.close();
+        let _ = drained_tx.send(());
+    };
+
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent)
+        .add_service(monitor)
+        .add_service(session)
+        .add_service(coordinator)
+        .serve_with_incoming_shutdown(incoming, signal);
+
+    let grace = settings.shutdown_grace;
+    let deadline = async move {
+        if drained_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result?,
+        () = deadline => tracing::warn!(?grace, "in-flight calls still open after the shutdown grace; exiting anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

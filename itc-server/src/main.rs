@@ -1,0 +1,233 @@
+//! The `itc-server` binary: flags and environment, logging, signals; the rest is the
+//! library's [`itc_server::serve`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+use itc_server::config::{Overrides, Seconds};
+use tracing_subscriber::EnvFilter;
+
+/// ITC (Interactive Task Control): a gRPC service through which AI agents and people
+/// coordinate long-running tasks in real time.
+///
+/// Every setting can also be given as an `ITC_*` environment variable or in the TOML
+/// file; flags win over the environment, which wins over the file. Durations are seconds
+/// (`0.5`) or text (`500ms`, `1h`).
+#[derive(Debug, Parser)]
+#[command(name = "itc-server", version, about, long_about)]
+struct Args {
+    /// TOML file of settings (keys as in the configuration table of the README).
+    #[arg(long, env = "ITC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `itc_server=debug`.
+    #[arg(long, env = "ITC_LOG", default_value = "info", value_name = "FILTER")]
+    log: String,
+
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, env = "ITC_LISTEN", value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+
+    /// false: Subscribe answers UNAVAILABLE; polling still works [default: true].
+    #[arg(long, env = "ITC_ENABLE_STREAMING", value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    enable_streaming: Option<bool>,
+
+    /// Idle Subscribe streams get a HEARTBEAT this often [default: 0.5].
+    #[arg(long, env = "ITC_STREAM_INTERVAL", value_name = "DURATION")]
+    stream_interval: Option<Seconds>,
+
+    /// Subscribe streams end with STREAM_END after this [default: 3600].
+    #[arg(long, env = "ITC_MAX_STREAM_DURATION", value_name = "DURATION")]
+    max_stream_duration: Option<Seconds>,
+
+    /// false: Coordinate answers FAILED_PRECONDITION [default: true].
+    #[arg(long, env = "ITC_ENABLE_AGENT_COORDINATION", value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    enable_agent_coordination: Option<bool>,
+
+    /// Lock lease, and time an agent has to acknowledge a command [default: 60].
+    #[arg(long, env = "ITC_COORDINATION_TIMEOUT", value_name = "DURATION")]
+    coordination_timeout: Option<Seconds>,
+
+    /// Coordinator sessions connected at once [default: 10].
+    #[arg(
+        long,
+        env = "ITC_MAX_CONCURRENT_COORDINATORS",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    max_concurrent_coordinators: Option<i64>,
+
+    /// Agent sessions connected at once [default: 1000].
+    #[arg(
+        long,
+        env = "ITC_MAX_CONCURRENT_AGENTS",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    max_concurrent_agents: Option<i64>,
+
+    /// Default session lease TTL [default: 15].
+    #[arg(long, env = "ITC_SESSION_TTL", value_name = "DURATION")]
+    session_ttl: Option<Seconds>,
+
+    /// Default task stall timeout [default: 300].
+    #[arg(long, env = "ITC_STALL_TIMEOUT", value_name = "DURATION")]
+    stall_timeout: Option<Seconds>,
+
+    /// Largest structured payload, in JSON bytes [default: 65536].
+    #[arg(
+        long,
+        env = "ITC_MAX_PAYLOAD_BYTES",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
+    max_payload_bytes: Option<i64>,
+
+    /// Largest gRPC message [default: 4194304].
+    #[arg(
+        long,
+        env = "ITC_MAX_MESSAGE_BYTES",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
+    max_message_bytes: Option<i64>,
+
+    /// Finished tasks kept queryable [default: 10000].
+    #[arg(
+        long,
+        env = "ITC_MAX_FINISHED_TASKS",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    max_finished_tasks: Option<i64>,
+
+    /// Events retained in the log, by count [default: 1000000].
+    #[arg(
+        long,
+        env = "ITC_EVENT_RETENTION_COUNT",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    event_retention_count: Option<i64>,
+
+    /// Events retained in the log, by age [default: 24h].
+    #[arg(long, env = "ITC_EVENT_RETENTION_AGE", value_name = "DURATION")]
+    event_retention_age: Option<Seconds>,
+
+    /// How long in-flight calls may run on after a shutdown signal [default: 10].
+    #[arg(long, env = "ITC_SHUTDOWN_GRACE", value_name = "DURATION")]
+    shutdown_grace: Option<Seconds>,
+}
+
+impl Args {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            enable_streaming: self.enable_streaming,
+            stream_interval: self.stream_interval.clone(),
+            max_stream_duration: self.max_stream_duration.clone(),
+            enable_agent_coordination: self.enable_agent_coordination,
+            coordination_timeout: self.coordination_timeout.clone(),
+            max_concurrent_coordinators: self.max_concurrent_coordinators,
+            max_concurrent_agents: self.max_concurrent_agents,
+            session_ttl: self.session_ttl.clone(),
+            stall_timeout: self.stall_timeout.clone(),
+            max_payload_bytes: self.max_payload_bytes,
+            max_message_bytes: self.max_message_bytes,
+            max_finished_tasks: self.max_finished_tasks,
+            event_retention_count: self.event_retention_count,
+            event_retention_age: self.event_retention_age.clone(),
+            shutdown_grace: self.shutdown_grace.clone(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+
+    let file = match &args.config {
+        Some(path) => match Overrides::from_file(path) {
+            Ok(file) => file,
+            Err(e) => return fail(&e),
+        },
+        None => Overrides::default(),
+    };
+    let settings = match args.overrides().over(file).resolve() {
+        Ok(settings) => settings,
+        Err(e) => return fail(&e),
+    };
+
+    let filter = match EnvFilter::try_new(&args.log) {
+        Ok(filter) => filter,
+        Err(e) => return fail(&format!("invalid setting `log`: {e}")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: itc_server::config::Settings) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => listener,
+        Err(e) => return fail(&format!("cannot listen on {}: {e}", settings.listen)),
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => return fail(&format!("cannot read the bound address: {e}")),
+    };
+    for line in settings.to_string().lines() {
+        tracing::info!("config: {line}");
+    }
+    tracing::info!(%addr, "itc-server listening");
+    // One line on stdout, for scripts started with `--listen 127.0.0.1:0`.
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+
+    match itc_server::serve(listener, settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}
+
+fn fail(message: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("itc-server: {message}");
+    ExitCode::from(2)
+}
