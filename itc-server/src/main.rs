@@ -1,7 +1,7 @@
 //! The `itc-server` binary: flags and environment, logging, signals; the rest is the
 //! library's [`itc_server::serve`].
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,11 +36,21 @@ struct Args {
     enable_streaming: Option<bool>,
 
     /// Idle Subscribe streams get a HEARTBEAT this often [default: 0.5].
-    #[arg(long, env = "ITC_STREAM_INTERVAL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_STREAM_INTERVAL",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     stream_interval: Option<Seconds>,
 
     /// Subscribe streams end with STREAM_END after this [default: 3600].
-    #[arg(long, env = "ITC_MAX_STREAM_DURATION", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_MAX_STREAM_DURATION",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     max_stream_duration: Option<Seconds>,
 
     /// false: Coordinate answers FAILED_PRECONDITION [default: true].
@@ -48,7 +58,12 @@ struct Args {
     enable_agent_coordination: Option<bool>,
 
     /// Lock lease, and time an agent has to acknowledge a command [default: 60].
-    #[arg(long, env = "ITC_COORDINATION_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_COORDINATION_TIMEOUT",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     coordination_timeout: Option<Seconds>,
 
     /// Coordinator sessions connected at once [default: 10].
@@ -70,11 +85,21 @@ struct Args {
     max_concurrent_agents: Option<i64>,
 
     /// Default session lease TTL [default: 15].
-    #[arg(long, env = "ITC_SESSION_TTL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_SESSION_TTL",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     session_ttl: Option<Seconds>,
 
     /// Default task stall timeout [default: 300].
-    #[arg(long, env = "ITC_STALL_TIMEOUT", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_STALL_TIMEOUT",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     stall_timeout: Option<Seconds>,
 
     /// Largest structured payload, in JSON bytes [default: 65536].
@@ -114,11 +139,21 @@ struct Args {
     event_retention_count: Option<i64>,
 
     /// Events retained in the log, by age [default: 24h].
-    #[arg(long, env = "ITC_EVENT_RETENTION_AGE", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_EVENT_RETENTION_AGE",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     event_retention_age: Option<Seconds>,
 
     /// How long in-flight calls may run on after a shutdown signal [default: 10].
-    #[arg(long, env = "ITC_SHUTDOWN_GRACE", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "ITC_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
     shutdown_grace: Option<Seconds>,
 }
 
@@ -167,6 +202,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -181,6 +217,10 @@ async fn run(settings: itc_server::config::Settings) -> ExitCode {
         Ok(listener) => listener,
         Err(e) => return fail(&format!("cannot listen on {}: {e}", settings.listen)),
     };
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+    };
     let addr = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => return fail(&format!("cannot read the bound address: {e}")),
@@ -193,37 +233,47 @@ async fn run(settings: itc_server::config::Settings) -> ExitCode {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    match itc_server::serve(listener, settings, shutdown_signal()).await {
+    match itc_server::serve(listener, settings, signals.recv()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT (Ctrl-C) and SIGTERM handlers, installed before the server announces its
+/// address so that a signal sent right after is never missed.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT"),
-        () = term => tracing::info!("received SIGTERM"),
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on the first of the signals.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = self.terminate.recv() => tracing::info!("received SIGTERM"),
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("received Ctrl-C");
+        }
     }
 }
 

@@ -1,0 +1,161 @@
+//! The `itc-server` binary itself: settings from flags, environment and file, validated at
+//! start; the listening line; signals and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_itc-server");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn server() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the binary to its end (bounded) and returns (exit code, stderr).
+async fn run_to_end(cmd: &mut Command) -> (Option<i32>, String) {
+    let output = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("exits before the deadline")
+        .expect("runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A bad value exits non-zero with a message naming the setting, whichever source it came
+/// from.
+#[tokio::test]
+async fn bad_settings_exit_non_zero_naming_the_setting() {
+    let (code, stderr) = run_to_end(server().args(["--stream-interval", "-1", "--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("stream_interval"), "{stderr}");
+
+    let (code, stderr) = run_to_end(
+        server()
+            .env("ITC_MAX_CONCURRENT_COORDINATORS", "0")
+            .args(["--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("max_concurrent_coordinators"), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("itc.toml");
+    std::fs::write(&file, "coordination_timeout = \"soon\"\n").expect("write config");
+    let (code, stderr) = run_to_end(server().arg("--config").arg(&file).args(["--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("coordination_timeout"), "{stderr}");
+
+    std::fs::write(&file, "enable_streeming = false\n").expect("write config");
+    let (code, stderr) = run_to_end(server().arg("--config").arg(&file)).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("enable_streeming"), "{stderr}");
+}
+
+/// Starts the binary and reads its `listening on ADDR` line.
+async fn start(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.spawn().expect("spawn itc-server");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut line = String::new();
+    tokio::time::timeout(DEADLINE, BufReader::new(stdout).read_line(&mut line))
+        .await
+        .expect("prints its address before the deadline")
+        .expect("reads stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+async fn signal_and_wait(mut child: Child, signal: &str) -> (Option<i32>, String) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits before the deadline")
+        .expect("waits");
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr).await;
+    }
+    (status.code(), stderr)
+}
+
+/// Settings from the file, the environment and flags combine (flags win over the
+/// environment, which wins over the file); the effective configuration is logged; SIGTERM
+/// and SIGINT both end the server with exit code 0.
+#[tokio::test]
+async fn sources_combine_and_signals_exit_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("itc.toml");
+    std::fs::write(
+        &file,
+        "max_concurrent_coordinators = 3\nstream_interval = 0.25\ncoordination_timeout = 30\n",
+    )
+    .expect("write config");
+    let (child, addr) = start(
+        server()
+            .arg("--config")
+            .arg(&file)
+            .env("ITC_STREAM_INTERVAL", "750ms")
+            .env("ITC_COORDINATION_TIMEOUT", "20")
+            .args(["--coordination-timeout", "45", "--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // The server answers on that address.
+    let client = itc_proto_client(&addr).await;
+    assert!(client);
+
+    let (code, stderr) = signal_and_wait(child, "-TERM").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("max_concurrent_coordinators = 3"), "{stderr}");
+    assert!(stderr.contains("stream_interval = 750ms"), "{stderr}");
+    assert!(stderr.contains("coordination_timeout = 45s"), "{stderr}");
+    assert!(stderr.contains("received SIGTERM"), "{stderr}");
+
+    let (child, _) = start(server().args(["--listen", "127.0.0.1:0"])).await;
+    let (code, stderr) = signal_and_wait(child, "-INT").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("received SIGINT"), "{stderr}");
+}
+
+/// True once a raw TCP connection to `addr` succeeds.
+async fn itc_proto_client(addr: &str) -> bool {
+    tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// A port already taken is reported clearly, with a non-zero exit.
+#[tokio::test]
+async fn busy_port_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, stderr) = run_to_end(server().args(["--listen", &addr])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every check of the project: the README's test command, and exactly what CI runs.
+# Installs what it needs (npm @bufbuild/buf and a Python venv, both under .tools/).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "install tools (buf, Python grpcio) into .tools/"
+bash scripts/install-tools.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo check of each crate on its own (no feature unification)"
+for crate in itc-proto itc-server itc-client; do
+  cargo check -p "$crate" --locked
+done
+
+step "cargo test (unit, end-to-end, doc)"
+cargo test --workspace --locked
+
+step "buf lint"
+(cd proto && "$ROOT/.tools/node_modules/.bin/buf" lint)
+echo "buf lint: passed"
+
+step "shell check: buf curl by reflection against the real binary"
+cargo build -p itc-server --locked --quiet
+bash scripts/check-shell.sh
+
+step "python check: stubs generated from proto/"
+bash scripts/check-python.sh
+
+printf '\nall checks passed in %ss\n' "$((SECONDS - started))"

@@ -1,0 +1,87 @@
+//! Shared harness of the end-to-end tests: a real server on `127.0.0.1:0`, bound before
+//! it is served (no sleeps), stopped through its shutdown signal.
+
+#![allow(dead_code, unreachable_pub)] // each test crate uses a part of the harness
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use itc_server::config::Settings;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A server running in this process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), itc_server::ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(Settings::default()).await
+    }
+
+    /// Starts a server with `settings` (its `listen` is ignored: it binds 127.0.0.1:0).
+    pub async fn start_with(settings: Settings) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(itc_server::serve(listener, settings, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A raw tonic channel to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.uri())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// The SDK client.
+    pub async fn client(&self) -> itc_client::Client {
+        itc_client::Client::connect(self.uri()).await.expect("connect")
+    }
+
+    /// Signals shutdown and waits (bounded) for the server to return.
+    pub async fn stop(mut self) -> Result<(), itc_server::ServeError> {
+        self.signal_shutdown();
+        let handle = self.handle.take().expect("not stopped twice");
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("server stops within 30 s")
+            .expect("server task does not panic")
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.signal_shutdown();
+    }
+}
+
+/// A deadline for anything a test waits on.
+pub const DEADLINE: Duration = Duration::from_secs(10);
