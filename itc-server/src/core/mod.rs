@@ -312,6 +312,7 @@ impl Core {
     }
 
     /// Starts (or creates PENDING) a task. A duplicate id: [`CoreError::TaskExists`].
+    #[tracing::instrument(level = "debug", skip_all, fields(task_id = new.task_id.as_deref(), agent_id = %new.agent_id))]
     pub async fn start_task(&self, new: NewTask) -> Result<Arc<Task>, CoreError> {
         let limits = &self.inner.config;
         let task_id = match new.task_id {
@@ -390,6 +391,7 @@ impl Core {
     }
 
     /// Records progress in [0, 1] with a status line; starts a PENDING task.
+    #[tracing::instrument(level = "debug", skip(self, message))]
     pub async fn report_progress(&self, task_id: &str, progress: f64, message: String) -> Result<Ack, CoreError> {
         validate::id("task_id", task_id)?;
         validate::progress(progress)?;
@@ -434,6 +436,7 @@ impl Core {
     }
 
     /// Publishes structured real-time data about a live task (REAL_TIME_UPDATE).
+    #[tracing::instrument(level = "debug", skip(self, data))]
     pub async fn publish_update(&self, task_id: &str, data: JsonMap) -> Result<Ack, CoreError> {
         validate::id("task_id", task_id)?;
         validate::payload("data", Some(&data), self.inner.config.max_payload_bytes)?;
@@ -456,6 +459,7 @@ impl Core {
     }
 
     /// Finishes a live task as COMPLETED, FAILED or CANCELLED.
+    #[tracing::instrument(level = "debug", skip(self, outcome))]
     pub async fn finish_task(&self, task_id: &str, outcome: Outcome) -> Result<Arc<Task>, CoreError> {
         validate::id("task_id", task_id)?;
         let max_payload = self.inner.config.max_payload_bytes;
