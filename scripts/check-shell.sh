@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# The shell (grpcurl-style) check: starts the real itc-server on a free loopback port and
+# drives it with `buf curl` over gRPC using server reflection, exactly as the README shows:
+#
+#   buf curl --protocol grpc --http2-prior-knowledge --data '{}' \
+#     http://127.0.0.1:50051/itc.v1.MonitorService/GetStatus
+#
+# Needs: scripts/install-tools.sh run once, and the server built
+# (cargo build -p itc-server). The binary is $ITC_SERVER_BIN, default
+# target/debug/itc-server. Prints "shell-check: N passed, 0 failed" on success.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUF="$ROOT/.tools/node_modules/.bin/buf"
+SERVER_BIN="${ITC_SERVER_BIN:-$ROOT/target/debug/itc-server}"
+START_DEADLINE=30 # seconds for the server to print its listening line
+CALL_DEADLINE=30  # seconds for any one buf curl call
+STOP_DEADLINE=15  # seconds for the server to exit after SIGTERM
+POLL_DEADLINE=10  # seconds for GetStatus to show the reported progress
+
+PASSED=0
+SERVER_PID=""
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-shell-check.XXXXXX")"
+SERVER_LOG="$WORK/server.log"
+
+log() { echo "shell check: $*"; }
+
+pass() {
+  PASSED=$((PASSED + 1))
+  echo "ok $PASSED - $*"
+}
+
+fail() {
+  echo "FAIL - $*" >&2
+  if [[ -s "$SERVER_LOG" ]]; then
+    echo "--- last lines of the server's log ($SERVER_LOG) ---" >&2
+    tail -n 20 "$SERVER_LOG" >&2 || true
+  fi
+  echo "shell-check: $PASSED passed, 1 failed" >&2
+  exit 1
+}
+
+stop_server() {
+  # Stops the server we started (by pid), first politely, then for sure.
+  [[ -n "$SERVER_PID" ]] || return 0
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    local deadline=$((SECONDS + STOP_DEADLINE))
+    while kill -0 "$SERVER_PID" 2>/dev/null && ((SECONDS < deadline)); do
+      sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+cleanup() {
+  local rc=$?
+  stop_server
+  exec 3>&- || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- preconditions ---------------------------------------------------------------------
+[[ -x "$BUF" ]] || fail "buf not found at $BUF: run scripts/install-tools.sh first"
+[[ -x "$SERVER_BIN" ]] || fail "server binary not found at $SERVER_BIN: run 'cargo build -p itc-server' (or set ITC_SERVER_BIN)"
+command -v python3 >/dev/null || fail "python3 not found"
+
+# --- start the server --------------------------------------------------------------------
+# Its stdout goes to a fifo we hold open read-write (so neither side blocks on open and
+# the server never gets SIGPIPE); its first line tells the port.
+FIFO="$WORK/stdout.fifo"
+mkfifo "$FIFO"
+exec 3<>"$FIFO"
+log "starting $SERVER_BIN --listen 127.0.0.1:0"
+"$SERVER_BIN" --listen 127.0.0.1:0 >&3 2>"$SERVER_LOG" &
+SERVER_PID=$!
+
+FIRST_LINE=""
+deadline=$((SECONDS + START_DEADLINE))
+while :; do
+  if IFS= read -r -t 1 -u 3 FIRST_LINE; then
+    break
+  fi
+  kill -0 "$SERVER_PID" 2>/dev/null || fail "the server exited before printing its listening line"
+  ((SECONDS < deadline)) || fail "the server printed no listening line within ${START_DEADLINE}s"
+done
+if [[ "$FIRST_LINE" =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]]; then
+  PORT="${BASH_REMATCH[1]}"
+else
+  fail "unexpected first stdout line from the server: '$FIRST_LINE' (wanted 'listening on 127.0.0.1:PORT')"
+fi
+URL="http://127.0.0.1:$PORT"
+pass "server listening on 127.0.0.1:$PORT"
+
+# --- helpers -------------------------------------------------------------------------------
+# show ARGS...: prints a command line the way a README shows it (buf for the local path).
+show() {
+  local out="" a
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      out+=" $a"
+    else
+      out+=" '${a//\'/\'\\\'\'}'"
+    fi
+  done
+  echo "\$${out}"
+}
+
+# call ARGS...: runs `buf curl --protocol grpc --http2-prior-knowledge ARGS...` with a
+# deadline; stdout in $OUT, stderr in $ERR, exit code in $RC. Never fails the script.
+call() {
+  local args=(curl --protocol grpc --http2-prior-knowledge "$@")
+  show buf "${args[@]}"
+  RC=0
+  timeout "$CALL_DEADLINE" "$BUF" "${args[@]}" >"$WORK/out" 2>"$WORK/err" || RC=$?
+  OUT="$(cat "$WORK/out")"
+  ERR="$(cat "$WORK/err")"
+  if ((RC == 124)); then
+    fail "buf curl did not finish within ${CALL_DEADLINE}s"
+  fi
+}
+
+# call_ok ARGS...: like call, but the call must succeed.
+call_ok() {
+  call "$@"
+  ((RC == 0)) || fail "buf curl failed (exit $RC): $ERR"
+}
+
+# json EXPR: evaluates the Python expression EXPR with `d` bound to the JSON in $OUT
+# (or in $JSON_INPUT when set) and prints the result (str() of it).
+json() {
+  local input="${JSON_INPUT-$OUT}"
+  python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+print(eval(sys.argv[1], {"d": d}))
+' "$1" <<<"$input"
+}
+
+# --- (a) reflection: list the methods ---------------------------------------------------
+call_ok --list-methods "$URL"
+for m in itc.v1.MonitorService/GetStatus grpc.health.v1.Health/Check \
+  itc.v1.AgentService/StartTask itc.v1.AgentService/ReportProgress; do
+  grep -qxF "$m" <<<"$OUT" || fail "--list-methods does not list $m; it listed:
+$OUT"
+done
+pass "reflection lists MonitorService/GetStatus, Health/Check and the AgentService methods"
+
+# --- (b) health --------------------------------------------------------------------------
+call_ok --data '{}' "$URL/grpc.health.v1.Health/Check"
+status="$(json 'd.get("status")')" || fail "Health/Check answered no JSON: $OUT"
+[[ "$status" == "SERVING" ]] || fail "Health/Check status is '$status', wanted SERVING: $OUT"
+pass "grpc.health.v1.Health/Check is SERVING"
+
+# --- (c) start a task, report progress, poll GetStatus -----------------------------------
+call_ok --data '{"agentId":"shell-agent","description":"from the shell"}' \
+  "$URL/itc.v1.AgentService/StartTask"
+TASK_ID="$(json 'd["task"]["taskId"]')" || fail "StartTask answered no task id: $OUT"
+[[ -n "$TASK_ID" ]] || fail "StartTask answered an empty task id: $OUT"
+got="$(json '(d["task"]["agentId"], d["task"]["status"], d["task"]["version"])')"
+[[ "$got" == "('shell-agent', 'TASK_STATUS_RUNNING', '1')" ]] ||
+  fail "StartTask answered (agentId, status, version) = $got, wanted ('shell-agent', 'TASK_STATUS_RUNNING', '1'): $OUT"
+pass "StartTask started task $TASK_ID (RUNNING, version 1)"
+
+call_ok --data "{\"taskId\":\"$TASK_ID\",\"progress\":0.5,\"message\":\"halfway there\"}" \
+  "$URL/itc.v1.AgentService/ReportProgress"
+got="$(json '(d.get("version"), d.get("status"))')" || fail "ReportProgress answered no JSON: $OUT"
+[[ "$got" == "('2', 'TASK_STATUS_RUNNING')" ]] ||
+  fail "ReportProgress answered (version, status) = $got, wanted ('2', 'TASK_STATUS_RUNNING'): $OUT"
+pass "ReportProgress 0.5 accepted (version 2, RUNNING)"
+
+# Poll GetStatus until the task shows the progress, within a deadline.
+deadline=$((SECONDS + POLL_DEADLINE))
+TASK_EXPR='[t for t in d.get("tasks", []) if t.get("taskId") == "'"$TASK_ID"'"]'
+while :; do
+  call_ok --data '{}' "$URL/itc.v1.MonitorService/GetStatus"
+  got="$(json "[(t.get('status'), t.get('progress'), t.get('statusMessage')) for t in $TASK_EXPR]")" ||
+    fail "GetStatus answered no JSON: $OUT"
+  [[ "$got" == "[('TASK_STATUS_RUNNING', 0.5, 'halfway there')]" ]] && break
+  ((SECONDS < deadline)) ||
+    fail "GetStatus did not show task $TASK_ID RUNNING at progress 0.5 within ${POLL_DEADLINE}s; (status, progress, statusMessage) = $got; last answer: $OUT"
+  sleep 0.2 # poll interval
+done
+pass "GetStatus shows task $TASK_ID RUNNING at progress 0.5 with its status message"
+got="$(json '(d.get("state"), int(d["statistics"]["tasksStarted"]) >= 1, int(d.get("activeTasks", 0)) >= 1)')"
+[[ "$got" == "('SERVICE_STATE_RUNNING', True, True)" ]] ||
+  fail "GetStatus (state, tasksStarted >= 1, activeTasks >= 1) = $got: $OUT"
+pass "GetStatus reports SERVICE_STATE_RUNNING with the task counted"
+
+# --- (d) a bad call fails with invalid_argument -------------------------------------------
+call --data "{\"taskId\":\"$TASK_ID\",\"progress\":2}" "$URL/itc.v1.AgentService/ReportProgress"
+((RC != 0)) || fail "ReportProgress with progress 2 succeeded: $OUT"
+code="$(JSON_INPUT="$ERR" json 'd.get("code")' 2>/dev/null)" || code=""
+[[ "$code" == "invalid_argument" ]] ||
+  fail "ReportProgress with progress 2 failed with '$code', wanted invalid_argument (exit $RC): $ERR"
+pass "ReportProgress with progress 2 fails with invalid_argument"
+
+# --- shutdown: SIGTERM, exit 0 within a deadline -------------------------------------------
+log "stopping the server (SIGTERM)"
+kill -TERM "$SERVER_PID"
+deadline=$((SECONDS + STOP_DEADLINE))
+while kill -0 "$SERVER_PID" 2>/dev/null; do
+  ((SECONDS < deadline)) || fail "the server did not exit within ${STOP_DEADLINE}s of SIGTERM"
+  sleep 0.1
+done
+rc=0
+wait "$SERVER_PID" || rc=$?
+SERVER_PID=""
+((rc == 0)) || fail "the server exited $rc after SIGTERM, wanted 0"
+pass "the server exits 0 on SIGTERM"
+
+echo "shell-check: $PASSED passed, 0 failed"

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs the tools the shell and Python checks need, locally under .tools/ (gitignored):
+#   - buf (npm package @bufbuild/buf) in .tools/node_modules/.bin/buf
+#   - a Python venv in .tools/venv with grpcio, grpcio-tools and protobuf
+# Idempotent: a tool already present at the pinned version is left alone.
+# Needs only node/npm and python3 (CPython 3.11) on the machine; no input (CI-safe).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+
+BUF_VERSION="1.75.0"
+GRPCIO_VERSION="1.85.1"
+GRPCIO_TOOLS_VERSION="1.85.1"
+PROTOBUF_VERSION="7.36.2" # grpcio-tools 1.85.1 wants protobuf >=7.35.1,<8; pinned for repeatable stubs
+
+log() { echo "install-tools: $*"; }
+
+mkdir -p "$TOOLS"
+
+# --- buf ---------------------------------------------------------------------------
+buf_bin="$TOOLS/node_modules/.bin/buf"
+have_buf=""
+if [[ -x "$buf_bin" ]]; then
+  have_buf="$("$buf_bin" --version 2>/dev/null || true)"
+fi
+if [[ "$have_buf" == "$BUF_VERSION" ]]; then
+  log "buf $BUF_VERSION already installed"
+else
+  command -v npm >/dev/null || { echo "install-tools: npm not found" >&2; exit 1; }
+  log "installing buf $BUF_VERSION (npm @bufbuild/buf) into .tools"
+  npm install --no-audit --no-fund --save-exact --prefix "$TOOLS" "@bufbuild/buf@$BUF_VERSION" >/dev/null
+  have_buf="$("$buf_bin" --version)"
+  [[ "$have_buf" == "$BUF_VERSION" ]] || {
+    echo "install-tools: buf reports version '$have_buf', wanted $BUF_VERSION" >&2
+    exit 1
+  }
+  log "buf $have_buf installed"
+fi
+
+# --- Python venv with grpcio / grpcio-tools -------------------------------------------
+venv="$TOOLS/venv"
+py="$venv/bin/python"
+installed_versions() {
+  "$py" - <<'PY' 2>/dev/null || true
+import importlib.metadata as m
+try:
+    print(m.version("grpcio"), m.version("grpcio-tools"), m.version("protobuf"))
+except m.PackageNotFoundError:
+    pass
+PY
+}
+want="$GRPCIO_VERSION $GRPCIO_TOOLS_VERSION $PROTOBUF_VERSION"
+have=""
+if [[ -e "$venv" ]]; then
+  if [[ -x "$py" ]] && "$py" -c '' 2>/dev/null; then
+    have="$(installed_versions)"
+  else
+    log "the venv in .tools/venv is broken (its python does not run): recreating it"
+    rm -rf "$venv"
+  fi
+fi
+if [[ "$have" == "$want" ]]; then
+  log "venv already has grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION"
+else
+  command -v python3 >/dev/null || { echo "install-tools: python3 not found" >&2; exit 1; }
+  if [[ ! -x "$py" ]]; then
+    log "creating Python venv in .tools/venv"
+    python3 -m venv "$venv"
+  fi
+  log "installing grpcio==$GRPCIO_VERSION grpcio-tools==$GRPCIO_TOOLS_VERSION protobuf==$PROTOBUF_VERSION into .tools/venv"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-input \
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_TOOLS_VERSION" "protobuf==$PROTOBUF_VERSION"
+  have="$(installed_versions)"
+  [[ "$have" == "$want" ]] || {
+    echo "install-tools: venv reports '$have', wanted '$want'" >&2
+    exit 1
+  }
+  log "venv ready: grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION"
+fi
+
+log "done"
