@@ -242,12 +242,19 @@ async fn bad_input_gets_precise_codes_and_changes_nothing() {
     let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
     assert_eq!((stats.head_seq, stats.tasks_started), (1, 1));
 
-    // Updates to a finished task: FAILED_PRECONDITION naming both states.
+    // Updates to a finished task: FAILED_PRECONDITION naming its state; finishing it
+    // again names both states.
     client.complete_task("t1", json!("ok")).await.unwrap();
     let err = client.report_progress("t1", 0.9, "late").await.unwrap_err();
     assert_eq!(err.code(), Some(Code::FailedPrecondition));
     assert!(
-        err.to_string().contains("COMPLETED") && err.to_string().contains("RUNNING"),
+        err.to_string()
+            .contains("is COMPLETED, a final state: cannot report progress"),
+        "{err}"
+    );
+    let err = client.cancel_task("t1", "again").await.unwrap_err();
+    assert!(
+        err.to_string().contains("is COMPLETED: cannot move it to CANCELLED"),
         "{err}"
     );
     assert_eq!(

@@ -53,7 +53,7 @@ pub enum Error {
     #[error("cannot connect to the ITC server: {0}")]
     Connect(#[from] tonic::transport::Error),
     /// The server answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{} ({:?})", .0.message(), .0.code())]
     Status(#[from] tonic::Status),
     /// Structured data given to a call cannot be sent (it must be a JSON object).
     #[error("invalid `{field}`: {reason}")]

@@ -74,6 +74,11 @@ pub struct Settings {
     pub event_retention_count: usize,
     /// Events retained in the log, by age.
     pub event_retention_age: Duration,
+    /// Recent events kept in memory for subscribers; older ones are read from the store.
+    pub event_buffer: usize,
+    /// Matching events queued per subscriber before it falls back to reading the log at
+    /// its own pace (bounds server memory per subscriber).
+    pub subscriber_buffer: usize,
     /// On shutdown, how long in-flight calls may take before the server exits anyway.
     pub shutdown_grace: Duration,
 }
@@ -96,6 +101,8 @@ impl Default for Settings {
             max_finished_tasks: 10_000,
             event_retention_count: 1_000_000,
             event_retention_age: Duration::from_secs(24 * 3600),
+            event_buffer: 65_536,
+            subscriber_buffer: 256,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -122,6 +129,8 @@ pub struct Overrides {
     pub max_finished_tasks: Option<i64>,
     pub event_retention_count: Option<i64>,
     pub event_retention_age: Option<Seconds>,
+    pub event_buffer: Option<i64>,
+    pub subscriber_buffer: Option<i64>,
     pub shutdown_grace: Option<Seconds>,
 }
 
@@ -200,6 +209,8 @@ impl Overrides {
             max_finished_tasks,
             event_retention_count,
             event_retention_age,
+            event_buffer,
+            subscriber_buffer,
             shutdown_grace,
         )
     }
@@ -242,6 +253,8 @@ impl Overrides {
                 d.event_retention_count,
             )?,
             event_retention_age: dur(self.event_retention_age, "event_retention_age", d.event_retention_age)?,
+            event_buffer: count(self.event_buffer, "event_buffer", d.event_buffer)?,
+            subscriber_buffer: count(self.subscriber_buffer, "subscriber_buffer", d.subscriber_buffer)?,
             shutdown_grace: dur(self.shutdown_grace, "shutdown_grace", d.shutdown_grace)?,
         };
         settings.validate()?;
@@ -329,6 +342,8 @@ impl fmt::Display for Settings {
         writeln!(f, "max_finished_tasks = {}", self.max_finished_tasks)?;
         writeln!(f, "event_retention_count = {}", self.event_retention_count)?;
         writeln!(f, "event_retention_age = {}", d(self.event_retention_age))?;
+        writeln!(f, "event_buffer = {}", self.event_buffer)?;
+        writeln!(f, "subscriber_buffer = {}", self.subscriber_buffer)?;
         write!(f, "shutdown_grace = {}", d(self.shutdown_grace))
     }
 }

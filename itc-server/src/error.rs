@@ -36,6 +36,31 @@ pub enum CoreError {
         /// The state the operation would lead to.
         to: TaskStatus,
     },
+    /// The task is finished: it takes no more progress or updates.
+    #[error("task `{task_id}` is {status}, a final state: cannot {operation}")]
+    TaskFinished {
+        /// The task.
+        task_id: String,
+        /// Its final state.
+        status: TaskStatus,
+        /// What was refused.
+        operation: &'static str,
+    },
+    /// The events asked for are not in the log (past retention, or ahead of its head).
+    #[error(
+        "events after seq {after_seq} are not retained: the oldest retained seq is {oldest_retained_seq} and the head is {head_seq}; resubscribe with a snapshot"
+    )]
+    OutOfRange {
+        /// The resume point asked for.
+        after_seq: u64,
+        /// The oldest seq still retained.
+        oldest_retained_seq: u64,
+        /// The newest seq.
+        head_seq: u64,
+    },
+    /// Streaming is disabled by configuration (`enable_streaming = false`).
+    #[error("streaming is disabled on this server (enable_streaming = false); poll GetStatus instead")]
+    StreamingDisabled,
     /// The server is shutting down and takes no new work.
     #[error("the server is shutting down")]
     ShuttingDown,

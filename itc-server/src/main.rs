@@ -147,6 +147,14 @@ struct Args {
     )]
     event_retention_age: Option<Seconds>,
 
+    /// Recent events kept in memory for subscribers [default: 65536].
+    #[arg(long, env = "ITC_EVENT_BUFFER", value_name = "N", allow_negative_numbers = true)]
+    event_buffer: Option<i64>,
+
+    /// Matching events queued per subscriber before it reads the log instead [default: 256].
+    #[arg(long, env = "ITC_SUBSCRIBER_BUFFER", value_name = "N", allow_negative_numbers = true)]
+    subscriber_buffer: Option<i64>,
+
     /// How long in-flight calls may run on after a shutdown signal [default: 10].
     #[arg(
         long,
@@ -175,6 +183,8 @@ impl Args {
             max_finished_tasks: self.max_finished_tasks,
             event_retention_count: self.event_retention_count,
             event_retention_age: self.event_retention_age.clone(),
+            event_buffer: self.event_buffer,
+            subscriber_buffer: self.subscriber_buffer,
             shutdown_grace: self.shutdown_grace.clone(),
         }
     }

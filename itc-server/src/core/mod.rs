@@ -16,10 +16,15 @@ use std::time::{Duration, SystemTime};
 use crate::error::CoreError;
 use crate::store::{Batch, Commit, MemoryStore, Recovered, Store};
 
+mod hub;
 mod model;
+mod subscription;
 mod validate;
 
+pub use hub::Filter;
 pub use model::{Event, EventDetail, EventType, JsonMap, Plan, Task, TaskError, TaskStatus};
+pub use subscription::{EndReason, StreamItem, SubscribeRequest, Subscription};
+pub(crate) use validate::id as validate_id;
 
 /// Limits and defaults the core applies to requests.
 #[derive(Debug, Clone)]
@@ -30,6 +35,22 @@ pub struct CoreConfig {
     pub default_stall_timeout: Duration,
     /// Finished tasks kept queryable.
     pub max_finished_tasks: usize,
+    /// false: subscriptions are refused.
+    pub enable_streaming: bool,
+    /// An idle stream gets a heartbeat after this long.
+    pub stream_interval: Duration,
+    /// A stream ends after this long.
+    pub max_stream_duration: Duration,
+    /// Recent events kept in memory for subscribers (older ones are read from the store).
+    pub event_buffer: usize,
+    /// Matching events queued per subscriber before it falls back to reading the log.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self::from_settings(&crate::config::Settings::default())
+    }
 }
 
 impl CoreConfig {
@@ -39,6 +60,11 @@ impl CoreConfig {
             max_payload_bytes: s.max_payload_bytes,
             default_stall_timeout: s.stall_timeout,
             max_finished_tasks: s.max_finished_tasks,
+            enable_streaming: s.enable_streaming,
+            stream_interval: s.stream_interval,
+            max_stream_duration: s.max_stream_duration,
+            event_buffer: s.event_buffer,
+            subscriber_buffer: s.subscriber_buffer,
         }
     }
 }
@@ -169,8 +195,23 @@ pub struct StatusPage {
     pub head_seq: u64,
     /// The oldest retained seq.
     pub oldest_retained_seq: u64,
+    /// Stream counters.
+    pub streams: StreamStats,
     /// When this page was taken.
     pub time: SystemTime,
+}
+
+/// Subscribe stream counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Streams open now.
+    pub active: u64,
+    /// Log events delivered to subscribers.
+    pub delivered: u64,
+    /// Subscribers reading the log because they fell behind.
+    pub lagging: u64,
+    /// Subscribers that fell past retention.
+    pub dropped: u64,
 }
 
 /// The domain core. Cheap to clone: all clones share one state.
@@ -186,6 +227,8 @@ struct Inner {
     store: Arc<dyn Store>,
     /// All mutable state, behind one lock held only for in-memory work.
     state: Mutex<State>,
+    /// Fan-out to subscribers: the recent log and the subscription index.
+    hub: hub::Hub,
     started_at: SystemTime,
     /// Set by [`Core::close`]: writes are refused from then on.
     closed: AtomicBool,
@@ -261,10 +304,12 @@ impl Core {
         }
         finished.sort();
         state.finished = finished.into_iter().map(|(_, seq)| seq).collect();
+        let hub = hub::Hub::new(state.head_seq, config.event_buffer, config.subscriber_buffer);
         Self {
             inner: Arc::new(Inner {
                 config,
                 store,
+                hub,
                 state: Mutex::new(state),
                 started_at: SystemTime::now(),
                 closed: AtomicBool::new(false),
@@ -277,9 +322,11 @@ impl Core {
         &self.inner.store
     }
 
-    /// Refuses writes from now on (shutdown). Reads keep working.
+    /// Refuses writes from now on and ends every stream with STREAM_END (shutdown).
+    /// Reads keep working.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.hub.drain();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -295,7 +342,7 @@ impl Core {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(CoreError::ShuttingDown);
         }
-        let (value, commit): (T, Commit) = {
+        let (value, commit, last_seq, wake): (T, Commit, u64, _) = {
             let mut state = self.state();
             let mut tx = Tx {
                 next_seq: state.head_seq + 1,
@@ -305,9 +352,12 @@ impl Core {
             let value = op(&mut state, &mut tx)?;
             state.counters.events_published += tx.next_seq - 1 - state.head_seq;
             state.head_seq = tx.next_seq - 1;
-            (value, self.inner.store.commit(tx.batch))
+            let wake = self.inner.hub.append(&tx.batch.events);
+            (value, self.inner.store.commit(tx.batch), state.head_seq, wake)
         };
         commit.await?;
+        // Durable: subscribers may now read up to `last_seq`.
+        self.inner.hub.publish(last_seq, wake);
         Ok(value)
     }
 
@@ -397,7 +447,7 @@ impl Core {
         validate::progress(progress)?;
         validate::text("message", &message)?;
         self.write(|state, tx| {
-            let task = state.live_task_mut(task_id, TaskStatus::Running)?;
+            let task = state.live_task(task_id, "report progress")?;
             let now = tx.time;
             let mut started = false;
             if task.status == TaskStatus::Pending {
@@ -441,7 +491,7 @@ impl Core {
         validate::id("task_id", task_id)?;
         validate::payload("data", Some(&data), self.inner.config.max_payload_bytes)?;
         self.write(|state, tx| {
-            let task = state.live_task_mut(task_id, TaskStatus::Running)?;
+            let task = state.live_task(task_id, "publish an update")?;
             task.version += 1;
             task.update_time = tx.time;
             task.stalled = false;
@@ -608,6 +658,7 @@ impl Core {
             started_at: self.inner.started_at,
             head_seq: state.head_seq,
             oldest_retained_seq,
+            streams: self.stream_stats(),
             time: SystemTime::now(),
         })
     }
@@ -616,11 +667,40 @@ impl Core {
     pub fn head_seq(&self) -> u64 {
         self.state().head_seq
     }
+
+    /// Subscribe stream counters.
+    pub fn stream_stats(&self) -> StreamStats {
+        let c = &self.inner.hub.counters;
+        StreamStats {
+            active: c.active.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            lagging: c.lagging.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl State {
-    /// The live task `task_id`, ready to change (copied if a store still holds it); a
-    /// finished one refuses, naming its state and the state `to` it would have reached.
+    /// The live task `task_id`, ready for `operation` (copied if a store still holds it);
+    /// a finished one refuses, naming its state.
+    fn live_task(&mut self, task_id: &str, operation: &'static str) -> Result<&mut Task, CoreError> {
+        let Some(task) = self.ids.get(task_id).and_then(|seq| self.tasks.get_mut(seq)) else {
+            return Err(CoreError::TaskNotFound {
+                task_id: task_id.to_owned(),
+            });
+        };
+        if task.status.is_terminal() {
+            return Err(CoreError::TaskFinished {
+                task_id: task_id.to_owned(),
+                status: task.status,
+                operation,
+            });
+        }
+        Ok(Arc::make_mut(task))
+    }
+
+    /// The live task `task_id`, ready to move to `to` (copied if a store still holds it);
+    /// a finished one refuses, naming its state and the state `to` it would have reached.
     fn live_task_mut(&mut self, task_id: &str, to: TaskStatus) -> Result<&mut Task, CoreError> {
         let Some(task) = self.ids.get(task_id).and_then(|seq| self.tasks.get_mut(seq)) else {
             return Err(CoreError::TaskNotFound {

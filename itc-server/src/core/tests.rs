@@ -11,6 +11,7 @@ fn core() -> Core {
         max_payload_bytes: 1024,
         default_stall_timeout: Duration::from_secs(300),
         max_finished_tasks: 3,
+        ..CoreConfig::default()
     })
 }
 
@@ -96,7 +97,10 @@ async fn finished_task_refuses_changes() {
         .await
         .unwrap();
     let err = core.report_progress("t1", 0.1, String::new()).await.unwrap_err();
-    assert_eq!(err.to_string(), "task `t1` is CANCELLED: cannot move it to RUNNING");
+    assert_eq!(
+        err.to_string(),
+        "task `t1` is CANCELLED, a final state: cannot report progress"
+    );
     let err = core.finish_task("t1", Outcome::Completed(None)).await.unwrap_err();
     assert!(matches!(
         err,
@@ -238,4 +242,100 @@ async fn close_refuses_writes() {
         Err(CoreError::ShuttingDown)
     ));
     assert!(core.task("t1").is_ok());
+}
+
+/// A subscriber that never reads does not hold back 100 readers or the publisher through
+/// 100,000 events: the readers get every event in order, the publisher finishes, and the
+/// unread subscription's memory stays within its inbox bound (it is counted lagging and
+/// reads the log instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_does_not_stall_publisher_or_others() {
+    const EVENTS: u64 = 100_000;
+    const READERS: usize = 100;
+    const INBOX: usize = 256;
+    let core = Core::in_memory(CoreConfig {
+        subscriber_buffer: INBOX,
+        event_buffer: 4096,
+        ..CoreConfig::default()
+    });
+    core.start_task(new_task("t")).await.unwrap();
+    let slow = core.subscribe(SubscribeRequest::default()).unwrap();
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut expected = 2u64;
+            while expected <= EVENTS + 1 {
+                match sub.next().await {
+                    Some(Ok(StreamItem::Event(e))) => {
+                        assert_eq!(e.seq, expected);
+                        expected += 1;
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }));
+    }
+    let data = map(json!({"k": 1}));
+    let mut max_inbox = 0;
+    for i in 0..EVENTS {
+        core.publish_update("t", data.clone()).await.unwrap();
+        if i % 1000 == 0 {
+            max_inbox = max_inbox.max(slow.shared.inbox().events.len());
+        }
+    }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    max_inbox = max_inbox.max(slow.shared.inbox().events.len());
+    assert!(max_inbox <= INBOX, "unread inbox grew to {max_inbox}");
+    let stats = core.stream_stats();
+    assert_eq!(stats.lagging, 1, "{stats:?}");
+    assert_eq!(stats.delivered, EVENTS * READERS as u64);
+    drop(slow);
+    assert_eq!(
+        core.stream_stats(),
+        StreamStats {
+            active: 0,
+            lagging: 0,
+            ..core.stream_stats()
+        }
+    );
+}
+
+/// With subscriptions each on its own task, an event wakes only the matching one: the
+/// others' inboxes stay empty and they are never woken.
+#[tokio::test]
+async fn fan_out_follows_matching_subscribers() {
+    let core = core();
+    let mut subs = Vec::new();
+    for i in 0..1000 {
+        let id = format!("t{i}");
+        core.start_task(new_task(&id)).await.unwrap();
+        let request = SubscribeRequest {
+            filter: Filter {
+                task_ids: vec![id],
+                ..Filter::default()
+            },
+            ..SubscribeRequest::default()
+        };
+        subs.push(core.subscribe(request).unwrap());
+    }
+    // Each subscription scans past the other tasks' TASK_STARTED events, then switches
+    // to its inbox.
+    for sub in &mut subs {
+        while matches!(sub.fill(), Ok(true)) {}
+        sub.pending.clear();
+    }
+    core.publish_update("t7", map(json!({}))).await.unwrap();
+    let with_events: Vec<usize> = subs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.shared.inbox().events.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(with_events, vec![7]);
+    let wake = core.inner.hub.append(&[]);
+    assert!(wake.is_empty());
 }

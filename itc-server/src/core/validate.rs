@@ -108,6 +108,31 @@ impl Write for Counter {
     }
 }
 
+/// The most entries one filter list may hold.
+pub(crate) const MAX_FILTER_ENTRIES: usize = 1000;
+
+/// A subscription filter: valid ids, bounded lists.
+pub(crate) fn filter(filter: &super::Filter) -> Result<(), CoreError> {
+    for (field, list) in [
+        ("filter.task_ids", &filter.task_ids),
+        ("filter.agent_ids", &filter.agent_ids),
+    ] {
+        if list.len() > MAX_FILTER_ENTRIES {
+            return Err(CoreError::invalid(
+                field,
+                format!("has {} entries; the maximum is {MAX_FILTER_ENTRIES}", list.len()),
+            ));
+        }
+        for value in list {
+            id(field, value)?;
+        }
+    }
+    if filter.event_types.len() > MAX_FILTER_ENTRIES {
+        return Err(CoreError::invalid("filter.event_types", "has too many entries"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,7 +80,6 @@ pub(crate) fn task_status(status: TaskStatus) -> pb::TaskStatus {
 }
 
 /// The protocol's event type.
-#[cfg_attr(not(test), allow(dead_code))] // Subscribe is the next user
 pub(crate) fn event_type(kind: EventType) -> pb::EventType {
     use pb::EventType as P;
     match kind {
@@ -169,7 +168,6 @@ pub(crate) fn task(t: &Task, now: SystemTime) -> pb::Task {
 }
 
 /// An event as the protocol shows it.
-#[cfg_attr(not(test), allow(dead_code))] // Subscribe is the next user
 pub(crate) fn event(e: &Event) -> pb::Event {
     let detail = match &e.detail {
         EventDetail::None => None,
@@ -192,6 +190,159 @@ pub(crate) fn event(e: &Event) -> pb::Event {
         task_status: e.task_status.map_or(pb::TaskStatus::Unspecified, task_status) as i32,
         detail,
     }
+}
+
+/// A filter entry: UNSPECIFIED or unknown values are refused.
+pub(crate) fn event_type_from(field: &str, value: i32) -> Result<EventType, CoreError> {
+    use pb::EventType as P;
+    let kind = pb::EventType::try_from(value)
+        .map_err(|_| CoreError::invalid(field, format!("{value} is not an EventType")))?;
+    Ok(match kind {
+        P::Unspecified => return Err(CoreError::invalid(field, "EVENT_TYPE_UNSPECIFIED is not an event type")),
+        P::TaskStarted => EventType::TaskStarted,
+        P::TaskProgress => EventType::TaskProgress,
+        P::TaskCompleted => EventType::TaskCompleted,
+        P::TaskFailed => EventType::TaskFailed,
+        P::TaskInterrupted => EventType::TaskInterrupted,
+        P::CoordinatorQuery => EventType::CoordinatorQuery,
+        P::StatusRequest => EventType::StatusRequest,
+        P::PlanModification => EventType::PlanModification,
+        P::AgentCoordination => EventType::AgentCoordination,
+        P::StreamStart => EventType::StreamStart,
+        P::StreamData => EventType::StreamData,
+        P::StreamEnd => EventType::StreamEnd,
+        P::CoordinatorConnected => EventType::CoordinatorConnected,
+        P::CoordinatorDisconnected => EventType::CoordinatorDisconnected,
+        P::RealTimeUpdate => EventType::RealTimeUpdate,
+        P::TaskCreated => EventType::TaskCreated,
+        P::TaskResumed => EventType::TaskResumed,
+        P::TaskCancelled => EventType::TaskCancelled,
+        P::InputRequested => EventType::InputRequested,
+        P::InputProvided => EventType::InputProvided,
+        P::CoordinationDelivered => EventType::CoordinationDelivered,
+        P::CoordinationApplied => EventType::CoordinationApplied,
+        P::CoordinationRejected => EventType::CoordinationRejected,
+        P::CoordinationTimedOut => EventType::CoordinationTimedOut,
+        P::LockAcquired => EventType::LockAcquired,
+        P::LockReleased => EventType::LockReleased,
+        P::TaskStalled => EventType::TaskStalled,
+        P::Heartbeat => EventType::Heartbeat,
+        P::TaskOrphaned => EventType::TaskOrphaned,
+        P::TaskSnapshot => EventType::TaskSnapshot,
+        P::StreamReset => EventType::StreamReset,
+    })
+}
+
+/// A Subscribe request as a core request.
+pub(crate) fn subscribe_request(req: pb::SubscribeRequest) -> Result<core::SubscribeRequest, CoreError> {
+    let filter = req.filter.unwrap_or_default();
+    let event_types = filter
+        .event_types
+        .iter()
+        .map(|t| event_type_from("filter.event_types", *t))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !req.session_id.is_empty() {
+        super::super::core::validate_id("session_id", &req.session_id)?;
+    }
+    Ok(core::SubscribeRequest {
+        filter: core::Filter {
+            task_ids: filter.task_ids,
+            agent_ids: filter.agent_ids,
+            event_types,
+        },
+        after_seq: req.after_seq,
+        snapshot: req.snapshot,
+    })
+}
+
+fn filter(f: &core::Filter) -> pb::SubscriptionFilter {
+    pb::SubscriptionFilter {
+        task_ids: f.task_ids.clone(),
+        agent_ids: f.agent_ids.clone(),
+        event_types: f.event_types.iter().map(|t| event_type(*t) as i32).collect(),
+    }
+}
+
+/// One item of a subscription as a Subscribe message.
+pub(crate) fn stream_item(item: core::StreamItem) -> pb::SubscribeResponse {
+    use core::StreamItem;
+    let now = SystemTime::now();
+    let control = |kind: pb::EventType, detail: pb::StreamDetail| pb::Event {
+        r#type: kind as i32,
+        time: Some(timestamp(now)),
+        detail: Some(pb::event::Detail::Stream(detail)),
+        ..pb::Event::default()
+    };
+    let event = match item {
+        StreamItem::Event(e) => event(&e),
+        StreamItem::Start {
+            subscription_id,
+            head_seq,
+            oldest_retained_seq,
+            resume_after_seq,
+            filter: f,
+        } => control(
+            pb::EventType::StreamStart,
+            pb::StreamDetail {
+                head_seq,
+                resume_after_seq,
+                oldest_retained_seq,
+                filter: Some(filter(&f)),
+                subscription_id: subscription_id.to_string(),
+                reason: pb::StreamEndReason::Unspecified as i32,
+            },
+        ),
+        StreamItem::Snapshot { task: t, .. } => pb::Event {
+            r#type: pb::EventType::TaskSnapshot as i32,
+            time: Some(timestamp(now)),
+            task_id: t.id.clone(),
+            agent_id: t.agent_id.clone(),
+            task_version: t.version,
+            task_status: task_status(t.status) as i32,
+            detail: Some(pb::event::Detail::Task(task(&t, now))),
+            ..pb::Event::default()
+        },
+        StreamItem::Reset {
+            oldest_retained_seq,
+            resume_after_seq,
+        } => control(
+            pb::EventType::StreamReset,
+            pb::StreamDetail {
+                head_seq: resume_after_seq,
+                resume_after_seq,
+                oldest_retained_seq,
+                ..pb::StreamDetail::default()
+            },
+        ),
+        StreamItem::Heartbeat {
+            head_seq,
+            resume_after_seq,
+        } => control(
+            pb::EventType::Heartbeat,
+            pb::StreamDetail {
+                head_seq,
+                resume_after_seq,
+                ..pb::StreamDetail::default()
+            },
+        ),
+        StreamItem::End {
+            reason,
+            head_seq,
+            resume_after_seq,
+        } => control(
+            pb::EventType::StreamEnd,
+            pb::StreamDetail {
+                head_seq,
+                resume_after_seq,
+                reason: match reason {
+                    core::EndReason::MaxDuration => pb::StreamEndReason::MaxDuration,
+                    core::EndReason::Draining => pb::StreamEndReason::ServerDraining,
+                } as i32,
+                ..pb::StreamDetail::default()
+            },
+        ),
+    };
+    pb::SubscribeResponse { event: Some(event) }
 }
 
 /// A GetStatus request as a core query.
@@ -257,10 +408,10 @@ pub(crate) fn status_page(page: core::StatusPage) -> pb::GetStatusResponse {
             events_published: c.events_published,
             head_seq: page.head_seq,
             oldest_retained_seq: page.oldest_retained_seq,
-            active_streams: 0,
-            events_delivered: 0,
-            lagging_subscribers: 0,
-            dropped_subscribers: 0,
+            active_streams: page.streams.active,
+            events_delivered: page.streams.delivered,
+            lagging_subscribers: page.streams.lagging,
+            dropped_subscribers: page.streams.dropped,
             connected_sessions: 0,
             commands_admitted: c.commands_admitted,
         }),

@@ -31,9 +31,18 @@ impl MonitorService for MonitorApi {
 
     async fn subscribe(
         &self,
-        _request: Request<pb::SubscribeRequest>,
+        request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(not_yet("MonitorService/Subscribe"))
+        let request = convert::subscribe_request(request.into_inner())?;
+        let subscription = self.core.subscribe(request)?;
+        tracing::debug!(subscription = subscription.id(), "subscribed");
+        // The stream owns the subscription: when the client goes away tonic drops the
+        // stream, and the subscription unregisters at once.
+        let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+            let item = sub.next().await?;
+            Some((item.map(convert::stream_item).map_err(Status::from), sub))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_status(

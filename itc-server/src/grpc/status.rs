@@ -17,7 +17,11 @@ impl From<CoreError> for Status {
             ),
             CoreError::TaskNotFound { .. } => Status::not_found(message),
             CoreError::TaskExists { .. } => Status::already_exists(message),
-            CoreError::IllegalTransition { .. } => Status::failed_precondition(message),
+            CoreError::IllegalTransition { .. } | CoreError::TaskFinished { .. } => {
+                Status::failed_precondition(message)
+            }
+            CoreError::OutOfRange { .. } => Status::out_of_range(message),
+            CoreError::StreamingDisabled => Status::unavailable(message),
             CoreError::ShuttingDown => Status::unavailable(message),
             CoreError::Store(StoreError::Closed) => Status::unavailable(message),
             CoreError::Store(StoreError::Backend(cause)) => {

@@ -1,0 +1,356 @@
+//! One live subscription: the stream of items a Subscribe call sends.
+//!
+//! A subscription *pulls*: from its inbox while it keeps up, from the log at its own
+//! cursor when it does not (see `hub`). It holds no unbounded queue, and dropping it (the
+//! client went away) unregisters it at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::hub::{Filter, ReadError, SubShared};
+use super::model::{Event, Task};
+use super::{Core, CoreError};
+
+/// How many log events a lagging subscription reads at a time.
+const SCAN_BATCH: usize = 256;
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `max_stream_duration` was reached.
+    MaxDuration,
+    /// The server is shutting down.
+    Draining,
+}
+
+/// One item of a Subscribe stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// First item: where the stream starts.
+    Start {
+        /// The subscription's id.
+        subscription_id: u64,
+        /// The newest seq in the log.
+        head_seq: u64,
+        /// The oldest seq retained.
+        oldest_retained_seq: u64,
+        /// Events after this seq follow (replay, then live).
+        resume_after_seq: u64,
+        /// The filter in effect.
+        filter: Filter,
+    },
+    /// The current state of a matching task, as of `seq`.
+    Snapshot {
+        /// The task.
+        task: Arc<Task>,
+        /// The seq the snapshot was taken at.
+        seq: u64,
+    },
+    /// The events asked for are past retention: drop local state; snapshots follow.
+    Reset {
+        /// The oldest seq retained.
+        oldest_retained_seq: u64,
+        /// The seq the fresh snapshots are taken at.
+        resume_after_seq: u64,
+    },
+    /// A log event that matches the filter.
+    Event(Arc<Event>),
+    /// Nothing happened for `stream_interval`.
+    Heartbeat {
+        /// The newest visible seq.
+        head_seq: u64,
+        /// Resume after this seq to miss nothing.
+        resume_after_seq: u64,
+    },
+    /// Last item.
+    End {
+        /// Why.
+        reason: EndReason,
+        /// The newest visible seq.
+        head_seq: u64,
+        /// Resume after this seq to miss nothing.
+        resume_after_seq: u64,
+    },
+}
+
+/// What a subscriber asks for.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeRequest {
+    /// Which events.
+    pub filter: Filter,
+    /// Replay retained events after this seq; `None`: live only.
+    pub after_seq: Option<u64>,
+    /// Start with the state of every matching task (unless `after_seq` is retained).
+    pub snapshot: bool,
+}
+
+/// A live subscription. Drop it to unsubscribe.
+#[derive(Debug)]
+pub struct Subscription {
+    core: Core,
+    pub(super) shared: Arc<SubShared>,
+    /// The next seq to examine; everything before it was delivered or did not match.
+    cursor: u64,
+    pub(super) pending: VecDeque<StreamItem>,
+    snapshot: bool,
+    interval: Duration,
+    next_heartbeat: Instant,
+    end_at: Instant,
+    drain: watch::Receiver<bool>,
+    /// The idle interval ran out: send a heartbeat once caught up.
+    heartbeat_due: bool,
+    done: bool,
+}
+
+impl Core {
+    /// Opens a subscription: validates the request, registers it, and (race-free, under
+    /// the state lock) takes the snapshot and the cursor it continues from.
+    pub fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, CoreError> {
+        let config = &self.inner.config;
+        if !config.enable_streaming {
+            return Err(CoreError::StreamingDisabled);
+        }
+        super::validate::filter(&request.filter)?;
+        let matcher = super::hub::Matcher::new(request.filter.clone());
+        let hub = &self.inner.hub;
+        let oldest = self.inner.store.oldest_seq();
+
+        let state = self.state();
+        let head = state.head_seq;
+        let mut pending = VecDeque::new();
+        let (cursor, reset) = match request.after_seq {
+            Some(after) if after > head => {
+                return Err(CoreError::OutOfRange {
+                    after_seq: after,
+                    oldest_retained_seq: oldest,
+                    head_seq: head,
+                });
+            }
+            Some(after) if after.saturating_add(1) < oldest => {
+                if !request.snapshot {
+                    hub.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Err(CoreError::OutOfRange {
+                        after_seq: after,
+                        oldest_retained_seq: oldest,
+                        head_seq: head,
+                    });
+                }
+                (head + 1, true)
+            }
+            Some(after) => (after + 1, false),
+            None => (head + 1, false),
+        };
+        let shared = hub.register(matcher, head, cursor);
+        pending.push_back(StreamItem::Start {
+            subscription_id: shared.id,
+            head_seq: head,
+            oldest_retained_seq: oldest,
+            resume_after_seq: cursor - 1,
+            filter: request.filter,
+        });
+        if reset {
+            hub.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            pending.push_back(StreamItem::Reset {
+                oldest_retained_seq: oldest,
+                resume_after_seq: head,
+            });
+        }
+        if request.snapshot && (request.after_seq.is_none() || reset) {
+            for task in state.tasks.values() {
+                if shared.matcher.covers_task(&task.id, &task.agent_id) {
+                    pending.push_back(StreamItem::Snapshot {
+                        task: task.clone(),
+                        seq: head,
+                    });
+                }
+            }
+        }
+        drop(state);
+
+        let now = Instant::now();
+        Ok(Subscription {
+            core: self.clone(),
+            shared,
+            cursor,
+            pending,
+            snapshot: request.snapshot,
+            interval: config.stream_interval,
+            next_heartbeat: now + config.stream_interval,
+            end_at: now + config.max_stream_duration,
+            drain: self.inner.hub.drain_signal(),
+            heartbeat_due: false,
+            done: false,
+        })
+    }
+
+    /// A subscriber fell past retention and asked for snapshots: reset it to the current
+    /// state, atomically with its inbox (no publisher runs meanwhile).
+    fn resnapshot(&self, sub: &mut Subscription) {
+        let oldest = self.inner.store.oldest_seq();
+        let state = self.state();
+        let head = state.head_seq;
+        {
+            let mut inbox = sub.shared.inbox();
+            // The cursor moves to the head: from here on the inbox holds every match.
+            inbox.events.clear();
+            inbox.scanning = false;
+            inbox.last_skipped = head;
+            if inbox.lagging {
+                inbox.lagging = false;
+                self.inner.hub.counters.lagging.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        sub.cursor = head + 1;
+        sub.pending.push_back(StreamItem::Reset {
+            oldest_retained_seq: oldest,
+            resume_after_seq: head,
+        });
+        for task in state.tasks.values() {
+            if sub.shared.matcher.covers_task(&task.id, &task.agent_id) {
+                sub.pending.push_back(StreamItem::Snapshot {
+                    task: task.clone(),
+                    seq: head,
+                });
+            }
+        }
+    }
+}
+
+impl Subscription {
+    /// The subscription's id.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The next item; `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<StreamItem, CoreError>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if let StreamItem::Event(event) = &item {
+                    self.shared.delivered_seq.store(event.seq, Ordering::Relaxed);
+                    self.shared.delivered_events.fetch_add(1, Ordering::Relaxed);
+                    self.core.inner.hub.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                self.next_heartbeat = Instant::now() + self.interval;
+                return Some(Ok(item));
+            }
+            if self.done {
+                return None;
+            }
+            if *self.drain.borrow() {
+                self.end(EndReason::Draining);
+                continue;
+            }
+            if Instant::now() >= self.end_at {
+                self.end(EndReason::MaxDuration);
+                continue;
+            }
+            match self.fill() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(ReadError::Gone(gone)) => {
+                    self.core.inner.hub.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    if self.snapshot {
+                        let core = self.core.clone();
+                        core.resnapshot(self);
+                        continue;
+                    }
+                    self.done = true;
+                    let head = self.core.inner.hub.visible();
+                    return Some(Err(CoreError::OutOfRange {
+                        after_seq: self.cursor - 1,
+                        oldest_retained_seq: gone.oldest,
+                        head_seq: head,
+                    }));
+                }
+                Err(ReadError::Store(e)) => {
+                    self.done = true;
+                    return Some(Err(CoreError::Store(e)));
+                }
+            }
+            if self.heartbeat_due {
+                // Caught up (the cursor is past everything visible that could match), so
+                // the resume point is fresh even for a filter that matched nothing.
+                self.heartbeat_due = false;
+                self.pending.push_back(StreamItem::Heartbeat {
+                    head_seq: self.core.inner.hub.visible(),
+                    resume_after_seq: self.cursor - 1,
+                });
+                continue;
+            }
+            let shared = self.shared.clone();
+            tokio::select! {
+                () = shared.notify.notified() => {}
+                _ = self.drain.changed() => {}
+                () = tokio::time::sleep_until(self.end_at) => {}
+                () = tokio::time::sleep_until(self.next_heartbeat) => self.heartbeat_due = true,
+            }
+        }
+    }
+
+    fn end(&mut self, reason: EndReason) {
+        self.done = true;
+        self.pending.push_back(StreamItem::End {
+            reason,
+            head_seq: self.core.inner.hub.visible(),
+            resume_after_seq: self.cursor - 1,
+        });
+    }
+
+    /// Moves matching events into `pending`: from the inbox while keeping up, else from
+    /// the log. `Ok(true)`: the cursor moved (call again); `Ok(false)`: caught up.
+    pub(super) fn fill(&mut self) -> Result<bool, ReadError> {
+        let hub = &self.core.inner.hub;
+        let visible = hub.visible();
+        {
+            let mut inbox = self.shared.inbox();
+            if !inbox.scanning {
+                let mut got = false;
+                while inbox.events.front().is_some_and(|e| e.seq <= visible) {
+                    if let Some(event) = inbox.events.pop_front()
+                        && event.seq >= self.cursor
+                    {
+                        self.pending.push_back(StreamItem::Event(event));
+                        got = true;
+                    }
+                }
+                // Every matching event up to `visible` went through the inbox.
+                self.cursor = self.cursor.max(visible + 1);
+                return Ok(got);
+            }
+            if self.cursor > visible {
+                // Caught up: back to the inbox, unless a skipped event is still ahead.
+                if inbox.last_skipped < self.cursor {
+                    inbox.scanning = false;
+                    if inbox.lagging {
+                        inbox.lagging = false;
+                        hub.counters.lagging.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                return Ok(false);
+            }
+        }
+        let events = hub.read_log(self.core.inner.store.as_ref(), self.cursor, SCAN_BATCH)?;
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(false);
+        };
+        for event in events {
+            if self.shared.matcher.matches(&event) {
+                self.pending.push_back(StreamItem::Event(event));
+            }
+        }
+        self.cursor = last + 1;
+        Ok(true)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.core.inner.hub.unregister(&self.shared);
+    }
+}
