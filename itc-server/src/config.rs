@@ -262,6 +262,9 @@ impl Overrides {
     }
 }
 
+/// The longest duration any setting accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A count setting: at least 1 and within the target type.
 fn count<T: TryFrom<i64>>(value: Option<i64>, setting: &'static str, default: T) -> Result<T, ConfigError> {
     match value {
@@ -293,6 +296,14 @@ impl Settings {
             if value.is_zero() {
                 return invalid(setting, "must be greater than zero".into());
             }
+        }
+        for (setting, value) in positive {
+            if value > MAX_DURATION {
+                return invalid(setting, format!("{value:?} is longer than the maximum of 365 days"));
+            }
+        }
+        if self.shutdown_grace > MAX_DURATION {
+            return invalid("shutdown_grace", "is longer than the maximum of 365 days".into());
         }
         if self.stream_interval > self.max_stream_duration {
             return invalid(

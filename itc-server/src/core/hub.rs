@@ -160,8 +160,10 @@ pub(crate) struct Hub {
     /// The newest events, contiguous by seq, at most `ring_capacity`.
     ring: RwLock<VecDeque<Arc<Event>>>,
     ring_capacity: usize,
-    /// Newest seq subscribers may read (its batch is durable).
-    visible: AtomicU64,
+    /// Newest seq subscribers may read (its batch is durable). A watch, so that a
+    /// subscription waiting for in-flight events (or for its start to become durable)
+    /// can wait for it to advance.
+    visible: watch::Sender<u64>,
     index: Mutex<Index>,
     next_id: AtomicU64,
     inbox_capacity: usize,
@@ -181,7 +183,7 @@ impl Hub {
         Self {
             ring: RwLock::new(VecDeque::new()),
             ring_capacity: ring_capacity.max(1),
-            visible: AtomicU64::new(head_seq),
+            visible: watch::Sender::new(head_seq),
             index: Mutex::new(Index::default()),
             next_id: AtomicU64::new(1),
             inbox_capacity: inbox_capacity.max(1),
@@ -192,7 +194,12 @@ impl Hub {
 
     /// The newest seq subscribers may read.
     pub(crate) fn visible(&self) -> u64 {
-        self.visible.load(Ordering::Acquire)
+        *self.visible.borrow()
+    }
+
+    /// A receiver that changes whenever `visible` advances.
+    pub(crate) fn visible_signal(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
     }
 
     /// Registers a subscription that reads from `cursor` on. Call under the core's lock,
@@ -277,6 +284,8 @@ impl Hub {
             }
         }
         let mut wake: Vec<Arc<SubShared>> = Vec::new();
+        // One event's candidates are distinct; only a multi-event batch needs de-duplication.
+        let mut woken: HashSet<u64> = HashSet::new();
         let index = lock(&self.index);
         for event in events {
             for sub in index.candidates(event) {
@@ -299,7 +308,7 @@ impl Hub {
                     inbox.events.push_back(event.clone());
                 }
                 drop(inbox);
-                if !wake.iter().any(|w| w.id == sub.id) {
+                if events.len() == 1 || woken.insert(sub.id) {
                     wake.push(sub.clone());
                 }
             }
@@ -309,7 +318,11 @@ impl Hub {
 
     /// Makes events up to `last_seq` visible and wakes the subscriptions they matched.
     pub(crate) fn publish(&self, last_seq: u64, wake: Vec<Arc<SubShared>>) {
-        self.visible.fetch_max(last_seq, Ordering::AcqRel);
+        self.visible.send_if_modified(|visible| {
+            let advanced = last_seq > *visible;
+            *visible = (*visible).max(last_seq);
+            advanced
+        });
         for sub in wake {
             sub.notify.notify_one();
         }
@@ -336,6 +349,20 @@ impl Hub {
             return Err(ReadError::Gone(Gone { oldest }));
         }
         let mut events = store.read_events(cursor - 1, want)?;
+        // Retention may have trimmed the store between the two reads: a first event
+        // other than `cursor` means the events in between are gone, never skip them.
+        if events.first().is_none_or(|e| e.seq != cursor) {
+            let oldest = store.oldest_seq();
+            if cursor < oldest {
+                return Err(ReadError::Gone(Gone { oldest }));
+            }
+            if !events.is_empty() {
+                return Err(ReadError::Store(StoreError::Backend(format!(
+                    "the log has a hole before seq {}",
+                    events[0].seq
+                ))));
+            }
+        }
         events.retain(|e| e.seq <= visible);
         Ok(events)
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::error::CoreError;
-use crate::store::{Batch, Commit, MemoryStore, Recovered, Store};
+use crate::store::{Batch, Commit, MemoryStore, Recovered, Store, StoreError};
 
 mod hub;
 mod model;
@@ -355,10 +355,27 @@ impl Core {
             let wake = self.inner.hub.append(&tx.batch.events);
             (value, self.inner.store.commit(tx.batch), state.head_seq, wake)
         };
-        commit.await?;
-        // Durable: subscribers may now read up to `last_seq`.
-        self.inner.hub.publish(last_seq, wake);
+        Publication {
+            core: self.clone(),
+            commit: Some(commit),
+            last_seq,
+            wake,
+        }
+        .finish()
+        .await?;
         Ok(value)
+    }
+
+    /// A batch reached its end in the store: durable, subscribers may read it; failed,
+    /// the server can no longer promise durability and refuses further writes.
+    fn committed(&self, last_seq: u64, wake: Vec<Arc<hub::SubShared>>, result: &Result<(), StoreError>) {
+        match result {
+            Ok(()) => self.inner.hub.publish(last_seq, wake),
+            Err(e) => {
+                tracing::error!(error = %e, last_seq, "store commit failed; refusing further writes");
+                self.inner.closed.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Starts (or creates PENDING) a task. A duplicate id: [`CoreError::TaskExists`].
@@ -676,6 +693,50 @@ impl Core {
             delivered: c.delivered.load(Ordering::Relaxed),
             lagging: c.lagging.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A batch on its way to the store. Its events become visible once the store has made
+/// them durable, even if the caller that wrote them goes away meanwhile (a client that
+/// cancels its call drops the handler's future): then a task finishes the job.
+struct Publication {
+    core: Core,
+    commit: Option<Commit>,
+    last_seq: u64,
+    wake: Vec<Arc<hub::SubShared>>,
+}
+
+impl Publication {
+    async fn finish(mut self) -> Result<(), StoreError> {
+        // Awaited in place: if this future is dropped meanwhile, `Drop` still holds the
+        // commit and finishes it.
+        let Some(commit) = self.commit.as_mut() else {
+            return Ok(());
+        };
+        let result = commit.await;
+        self.commit = None;
+        self.core
+            .committed(self.last_seq, std::mem::take(&mut self.wake), &result);
+        result
+    }
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        let Some(commit) = self.commit.take() else {
+            return;
+        };
+        let core = self.core.clone();
+        let (last_seq, wake) = (self.last_seq, std::mem::take(&mut self.wake));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let result = commit.await;
+                    core.committed(last_seq, wake, &result);
+                });
+            }
+            Err(_) => tracing::error!(last_seq, "a commit was abandoned outside a runtime"),
         }
     }
 }

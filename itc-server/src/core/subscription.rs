@@ -97,11 +97,18 @@ pub struct Subscription {
     /// The next seq to examine; everything before it was delivered or did not match.
     cursor: u64,
     pub(super) pending: VecDeque<StreamItem>,
+    /// Nothing in `pending` is sent before `visible` reaches this seq: a start point,
+    /// snapshot or resume point is only ever one that is durable.
+    gate: u64,
     snapshot: bool,
     interval: Duration,
     next_heartbeat: Instant,
-    end_at: Instant,
+    /// `None` when `max_stream_duration` is beyond what the clock can represent.
+    end_at: Option<Instant>,
     drain: watch::Receiver<bool>,
+    visible: watch::Receiver<u64>,
+    /// Scanning and a skipped matching event is not durable yet: wait for `visible`.
+    waiting_visible: bool,
     /// The idle interval ran out: send a heartbeat once caught up.
     heartbeat_due: bool,
     done: bool,
@@ -133,7 +140,6 @@ impl Core {
             }
             Some(after) if after.saturating_add(1) < oldest => {
                 if !request.snapshot {
-                    hub.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     return Err(CoreError::OutOfRange {
                         after_seq: after,
                         oldest_retained_seq: oldest,
@@ -178,11 +184,14 @@ impl Core {
             shared,
             cursor,
             pending,
+            gate: cursor - 1,
             snapshot: request.snapshot,
             interval: config.stream_interval,
             next_heartbeat: now + config.stream_interval,
-            end_at: now + config.max_stream_duration,
-            drain: self.inner.hub.drain_signal(),
+            end_at: now.checked_add(config.max_stream_duration),
+            drain: hub.drain_signal(),
+            visible: hub.visible_signal(),
+            waiting_visible: false,
             heartbeat_due: false,
             done: false,
         })
@@ -206,6 +215,7 @@ impl Core {
             }
         }
         sub.cursor = head + 1;
+        sub.gate = head;
         sub.pending.push_back(StreamItem::Reset {
             oldest_retained_seq: oldest,
             resume_after_seq: head,
@@ -230,13 +240,17 @@ impl Subscription {
     /// The next item; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<StreamItem, CoreError>> {
         loop {
-            if let Some(item) = self.pending.pop_front() {
+            let visible = self.core.inner.hub.visible();
+            if visible >= self.gate
+                && let Some(item) = self.pending.pop_front()
+            {
                 if let StreamItem::Event(event) = &item {
                     self.shared.delivered_seq.store(event.seq, Ordering::Relaxed);
                     self.shared.delivered_events.fetch_add(1, Ordering::Relaxed);
                     self.core.inner.hub.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 self.next_heartbeat = Instant::now() + self.interval;
+                self.heartbeat_due = false;
                 return Some(Ok(item));
             }
             if self.done {
@@ -246,12 +260,21 @@ impl Subscription {
                 self.end(EndReason::Draining);
                 continue;
             }
-            if Instant::now() >= self.end_at {
+            if self.end_at.is_some_and(|end| Instant::now() >= end) {
                 self.end(EndReason::MaxDuration);
                 continue;
             }
+            if visible < self.gate {
+                // The start (or reset) point is not durable yet: wait until it is.
+                self.wait(true).await;
+                continue;
+            }
             match self.fill() {
-                Ok(true) => continue,
+                Ok(true) => {
+                    // A long replay must not hog the worker thread.
+                    tokio::task::consume_budget().await;
+                    continue;
+                }
                 Ok(false) => {}
                 Err(ReadError::Gone(gone)) => {
                     self.core.inner.hub.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -283,22 +306,42 @@ impl Subscription {
                 });
                 continue;
             }
-            let shared = self.shared.clone();
-            tokio::select! {
-                () = shared.notify.notified() => {}
-                _ = self.drain.changed() => {}
-                () = tokio::time::sleep_until(self.end_at) => {}
-                () = tokio::time::sleep_until(self.next_heartbeat) => self.heartbeat_due = true,
+            let waiting_visible = self.waiting_visible;
+            self.wait(waiting_visible).await;
+        }
+    }
+
+    /// Waits for a wake-up: a matching event, `visible` advancing (when `for_visible`),
+    /// drain, the end of the stream's time, or the idle interval.
+    async fn wait(&mut self, for_visible: bool) {
+        let shared = self.shared.clone();
+        let end = async {
+            match self.end_at {
+                Some(end) => tokio::time::sleep_until(end).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            () = shared.notify.notified() => {}
+            _ = self.visible.changed(), if for_visible => {}
+            _ = self.drain.changed() => {}
+            () = end => {}
+            () = tokio::time::sleep_until(self.next_heartbeat) => self.heartbeat_due = true,
         }
     }
 
     fn end(&mut self, reason: EndReason) {
         self.done = true;
+        let visible = self.core.inner.hub.visible();
+        if visible < self.gate {
+            // Nothing was sent yet and the start point is not durable: end without it.
+            self.pending.clear();
+            self.gate = 0;
+        }
         self.pending.push_back(StreamItem::End {
             reason,
-            head_seq: self.core.inner.hub.visible(),
-            resume_after_seq: self.cursor - 1,
+            head_seq: visible,
+            resume_after_seq: (self.cursor - 1).min(visible),
         });
     }
 
@@ -306,7 +349,10 @@ impl Subscription {
     /// the log. `Ok(true)`: the cursor moved (call again); `Ok(false)`: caught up.
     pub(super) fn fill(&mut self) -> Result<bool, ReadError> {
         let hub = &self.core.inner.hub;
-        let visible = hub.visible();
+        // Mark the current watermark seen before reading it, so that an advance after
+        // this point wakes `wait`.
+        let visible = *self.visible.borrow_and_update();
+        self.waiting_visible = false;
         {
             let mut inbox = self.shared.inbox();
             if !inbox.scanning {
@@ -324,13 +370,16 @@ impl Subscription {
                 return Ok(got);
             }
             if self.cursor > visible {
-                // Caught up: back to the inbox, unless a skipped event is still ahead.
                 if inbox.last_skipped < self.cursor {
+                    // Caught up: back to the inbox.
                     inbox.scanning = false;
                     if inbox.lagging {
                         inbox.lagging = false;
                         hub.counters.lagging.fetch_sub(1, Ordering::Relaxed);
                     }
+                } else {
+                    // A matching event was appended but is not durable yet.
+                    self.waiting_visible = true;
                 }
                 return Ok(false);
             }

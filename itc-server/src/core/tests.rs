@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::store::MemoryStore;
 
 fn core() -> Core {
     Core::in_memory(CoreConfig {
@@ -366,4 +367,235 @@ async fn replay_reads_the_store_past_the_ring() {
         }
     }
     assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+}
+
+/// A store whose commits complete only when the test lets them: the window in which a
+/// batch is appended but not yet durable, which the in-memory store never shows.
+#[derive(Debug)]
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Store for GatedStore {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+    fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
+        self.inner.recover()
+    }
+    fn commit(&self, batch: Batch) -> Commit {
+        let done = self.inner.commit(batch);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+            done.await
+        })
+    }
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
+        self.inner.read_events(after_seq, limit)
+    }
+    fn oldest_seq(&self) -> u64 {
+        self.inner.oldest_seq()
+    }
+}
+
+fn gated() -> (Core, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(1000, Duration::from_secs(3600)),
+        gate: gate.clone(),
+    });
+    let config = CoreConfig {
+        // Long enough that no test here can pass by waiting for a heartbeat.
+        stream_interval: Duration::from_secs(60),
+        ..CoreConfig::default()
+    };
+    (Core::open(config, store).unwrap(), gate)
+}
+
+async fn next_item(sub: &mut Subscription) -> StreamItem {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("an item before the deadline")
+        .expect("the stream goes on")
+        .expect("no error")
+}
+
+/// A subscription opened while a write is in flight starts only once that write is
+/// durable: its start point is never one that a crash could take back.
+#[tokio::test]
+async fn start_waits_until_the_head_is_durable() {
+    let (core, gate) = gated();
+    gate.add_permits(1);
+    core.start_task(new_task("t")).await.unwrap();
+    let writer = tokio::spawn({
+        let core = core.clone();
+        async move { core.report_progress("t", 0.5, String::new()).await }
+    });
+    while core.head_seq() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+    assert!(early.is_err(), "sent before durable: {early:?}");
+    gate.add_permits(1);
+    match next_item(&mut sub).await {
+        StreamItem::Start { resume_after_seq, .. } => assert_eq!(resume_after_seq, 2),
+        other => panic!("unexpected {other:?}"),
+    }
+    writer.await.unwrap().unwrap();
+}
+
+/// A replaying subscriber that has caught up with what is durable is woken when an
+/// in-flight matching write becomes durable, without waiting for a heartbeat.
+#[tokio::test]
+async fn replay_wakes_when_an_in_flight_write_becomes_durable() {
+    let (core, gate) = gated();
+    gate.add_permits(1);
+    core.start_task(new_task("t")).await.unwrap();
+    let writer = tokio::spawn({
+        let core = core.clone();
+        async move { core.report_progress("t", 0.5, String::new()).await }
+    });
+    while core.head_seq() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let mut sub = core
+        .subscribe(SubscribeRequest {
+            after_seq: Some(0),
+            ..SubscribeRequest::default()
+        })
+        .unwrap();
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Start { .. }));
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == 1));
+    let waiting = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+    assert!(waiting.is_err(), "seq 2 is not durable yet: {waiting:?}");
+    gate.add_permits(1);
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == 2));
+    writer.await.unwrap().unwrap();
+}
+
+/// A writer whose caller goes away before its commit completes still makes its events
+/// visible once they are durable (a cancelled gRPC call drops the handler's future).
+#[tokio::test]
+async fn abandoned_write_still_becomes_visible() {
+    let (core, gate) = gated();
+    gate.add_permits(1);
+    core.start_task(new_task("t")).await.unwrap();
+    let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Start { .. }));
+    let writer = tokio::spawn({
+        let core = core.clone();
+        async move { core.report_progress("t", 0.5, String::new()).await }
+    });
+    while core.head_seq() < 2 {
+        tokio::task::yield_now().await;
+    }
+    writer.abort();
+    assert!(writer.await.unwrap_err().is_cancelled());
+    gate.add_permits(1);
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == 2));
+}
+
+/// A subscriber that falls past retention in mid-stream is told OUT_OF_RANGE (counted
+/// dropped); one that asked for snapshots is reset to fresh snapshots instead.
+#[tokio::test]
+async fn falling_past_retention_mid_stream() {
+    let store = Arc::new(MemoryStore::new(100, Duration::from_secs(3600)));
+    let config = CoreConfig {
+        event_buffer: 16,
+        ..CoreConfig::default()
+    };
+    let core = Core::open(config, store).unwrap();
+    core.start_task(new_task("t")).await.unwrap();
+    for _ in 0..99 {
+        core.publish_update("t", map(json!({}))).await.unwrap();
+    }
+    let replay = |snapshot| SubscribeRequest {
+        after_seq: Some(0),
+        snapshot,
+        ..SubscribeRequest::default()
+    };
+    let mut plain = core.subscribe(replay(false)).unwrap();
+    let mut snap = core.subscribe(replay(true)).unwrap();
+    for sub in [&mut plain, &mut snap] {
+        assert!(matches!(next_item(sub).await, StreamItem::Start { .. }));
+        assert!(matches!(next_item(sub).await, StreamItem::Event(e) if e.seq == 1));
+    }
+    // 200 more events: the store keeps seqs 201..=300, the ring the last 16.
+    for _ in 0..200 {
+        core.publish_update("t", map(json!({}))).await.unwrap();
+    }
+    // The plain subscriber still has a batch it read before; it then hits the hole.
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(5), plain.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(StreamItem::Event(_))) => {}
+            Some(Err(e)) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            CoreError::OutOfRange {
+                oldest_retained_seq: 201,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(plain.next().await.is_none(), "the stream ends after OUT_OF_RANGE");
+    let reset = loop {
+        match next_item(&mut snap).await {
+            StreamItem::Event(_) => {}
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            reset,
+            StreamItem::Reset {
+                oldest_retained_seq: 201,
+                resume_after_seq: 300
+            }
+        ),
+        "{reset:?}"
+    );
+    assert!(matches!(next_item(&mut snap).await, StreamItem::Snapshot { task, .. } if task.version == 300));
+    core.publish_update("t", map(json!({}))).await.unwrap();
+    assert!(matches!(next_item(&mut snap).await, StreamItem::Event(e) if e.seq == 301));
+    assert_eq!(core.stream_stats().dropped, 2);
+}
+
+/// A lagging subscriber is counted while it reads the log and uncounted once it has
+/// caught up and returned to its inbox.
+#[tokio::test]
+async fn lagging_is_counted_until_caught_up() {
+    let core = Core::in_memory(CoreConfig {
+        subscriber_buffer: 4,
+        ..CoreConfig::default()
+    });
+    core.start_task(new_task("t")).await.unwrap();
+    let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Start { .. }));
+    for _ in 0..10 {
+        core.publish_update("t", map(json!({}))).await.unwrap();
+    }
+    assert_eq!(core.stream_stats().lagging, 1);
+    for seq in 2..=11 {
+        assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == seq));
+    }
+    // The next read finds it caught up: back to the inbox.
+    let idle = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
+    assert!(idle.is_err());
+    assert_eq!(core.stream_stats().lagging, 0);
+    core.publish_update("t", map(json!({}))).await.unwrap();
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == 12));
+    assert!(sub.shared.inbox().events.is_empty());
 }
