@@ -1,14 +1,12 @@
-//! End-to-end: what every ITC server offers besides its own services — health, reflection,
-//! UNIMPLEMENTED for RPCs of later versions — and a graceful shutdown.
+//! End-to-end: what every ITC server offers besides its own services — health and
+//! reflection — and a graceful shutdown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
 
 mod common;
 
 use common::{DEADLINE, TestServer};
-use itc_proto::v1 as pb;
 use tokio_stream::StreamExt;
-use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -108,28 +106,6 @@ async fn reflection_lists_the_services() {
         ),
         "{response:?}"
     );
-}
-
-/// RPCs that later versions implement answer UNIMPLEMENTED with a message naming them.
-#[tokio::test]
-async fn later_rpcs_answer_unimplemented() {
-    use pb::coordinator_service_client::CoordinatorServiceClient;
-    use pb::session_service_client::SessionServiceClient;
-
-    let server = TestServer::start().await;
-    let channel = server.channel().await;
-    let err = SessionServiceClient::new(channel.clone())
-        .connect(pb::ConnectRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("SessionService/Connect"), "{}", err.message());
-    let err = CoordinatorServiceClient::new(channel)
-        .coordinate(pb::CoordinateRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Coordinate"), "{}", err.message());
 }
 
 /// Once shutdown began, the server refuses new work and stops within its grace.

@@ -46,6 +46,29 @@ pub enum CoreError {
         /// What was refused.
         operation: &'static str,
     },
+    /// A session, command or input request that does not exist (or is no longer kept).
+    #[error("{kind} `{id}` not found{hint}")]
+    NotFound {
+        /// What was looked for: `session`, `command`, `input request`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// What to do about it (may be empty).
+        hint: &'static str,
+    },
+    /// A limit was reached (sessions, open input requests…).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The caller may not do this (a capability it did not declare…).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A lock or version check failed: someone else holds the lock, a fencing token is
+    /// stale, or the task changed since the caller looked.
+    #[error("{0}")]
+    Aborted(String),
+    /// The state of the service or of a command/request does not allow this.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The events asked for are not in the log (past retention, or ahead of its head).
     #[error(
         "events after seq {after_seq} are not retained: the oldest retained seq is {oldest_retained_seq} and the head is {head_seq}; resubscribe with a snapshot"

@@ -122,6 +122,9 @@ pub async fn serve_core(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
 
+    // Leases, lock expiry, command timeouts, input deadlines and stalls.
+    tokio::spawn(core.clone().run_timers());
+
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_core = core.clone();
     let signal = async move {

@@ -97,6 +97,10 @@ pub(crate) struct SubShared {
     pub(crate) delivered_seq: AtomicU64,
     /// Events delivered, for GetStatus.
     pub(crate) delivered_events: AtomicU64,
+    /// Set when that session ends: the stream ends too.
+    pub(crate) session_ended: std::sync::atomic::AtomicBool,
+    /// When it was opened.
+    pub(crate) create_time: std::time::SystemTime,
 }
 
 impl SubShared {
@@ -218,6 +222,8 @@ impl Hub {
             }),
             delivered_seq: AtomicU64::new(0),
             delivered_events: AtomicU64::new(0),
+            session_ended: std::sync::atomic::AtomicBool::new(false),
+            create_time: std::time::SystemTime::now(),
             matcher,
         });
         let mut index = lock(&self.index);

@@ -14,15 +14,29 @@ use std::time::{Duration, SystemTime};
 use crate::error::CoreError;
 use crate::store::{Batch, Commit, MemoryStore, Recovered, Store, StoreError};
 
+mod commands;
+mod control;
 mod hub;
+mod inputs;
+mod locks;
 mod model;
+mod sessions;
 mod status;
 mod subscription;
 mod tasks;
+mod timers;
 mod validate;
 
+pub use commands::{CommandWait, CoordinateRequest};
+pub use control::Interaction;
 pub use hub::Filter;
-pub use model::{Event, EventDetail, EventType, JsonMap, Plan, Task, TaskError, TaskStatus};
+pub use inputs::NewInput;
+pub use model::{
+    Capabilities, Command, CommandAction, CommandState, Event, EventDetail, EventType, InputRequest, InputState,
+    InputTimeoutAction, JsonMap, LockCause, Plan, SessionEnd, SessionInfo, SessionKind, Task, TaskError, TaskLock,
+    TaskStatus,
+};
+pub use sessions::{ConnectRequest, Heartbeat, Notice, Push, SessionView};
 pub use status::{ServiceState, StatusPage, StatusQuery};
 pub use subscription::{EndReason, StreamItem, SubscribeRequest, Subscription};
 pub use tasks::{Ack, NewTask, Outcome};
@@ -47,6 +61,16 @@ pub struct CoreConfig {
     pub event_buffer: usize,
     /// Matching events queued per subscriber before it falls back to reading the log.
     pub subscriber_buffer: usize,
+    /// false: Coordinate is refused.
+    pub enable_agent_coordination: bool,
+    /// Lock lease, and the time an agent has to answer a command.
+    pub coordination_timeout: Duration,
+    /// Coordinator sessions at once.
+    pub max_concurrent_coordinators: u32,
+    /// Agent sessions at once.
+    pub max_concurrent_agents: u32,
+    /// Default session lease.
+    pub session_ttl: Duration,
 }
 
 impl Default for CoreConfig {
@@ -67,6 +91,11 @@ impl CoreConfig {
             max_stream_duration: s.max_stream_duration,
             event_buffer: s.event_buffer,
             subscriber_buffer: s.subscriber_buffer,
+            enable_agent_coordination: s.enable_agent_coordination,
+            coordination_timeout: s.coordination_timeout,
+            max_concurrent_coordinators: s.max_concurrent_coordinators,
+            max_concurrent_agents: s.max_concurrent_agents,
+            session_ttl: s.session_ttl,
         }
     }
 }
@@ -136,6 +165,8 @@ struct Inner {
     started_at: SystemTime,
     /// Set by [`Core::close`]: writes are refused from then on.
     closed: AtomicBool,
+    /// Woken whenever a command changes state (Coordinate may wait for one).
+    commands_changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +181,32 @@ struct State {
     head_seq: u64,
     counters: Counters,
     global_interrupt: bool,
+    /// Connected sessions by id.
+    sessions: HashMap<String, sessions::SessionEntry>,
+    /// Pending deadlines, earliest first.
+    timers: std::collections::BTreeSet<(tokio::time::Instant, timers::Timer)>,
+    /// Wakes the timer task when an earlier deadline is armed.
+    timer_signal: Arc<tokio::sync::Notify>,
+    /// Live tasks' last progress or vouching heartbeat (for STALLED).
+    activity: HashMap<String, tokio::time::Instant>,
+    /// When each held lock's lease runs out.
+    lock_deadlines: HashMap<String, tokio::time::Instant>,
+    /// Open command id → task id (open commands live in their task).
+    command_index: HashMap<String, String>,
+    /// Finished commands, kept for GetCommand and idempotent retries (bounded).
+    closed_commands: HashMap<String, Command>,
+    closed_command_order: VecDeque<String>,
+    /// (coordinator, idempotency key) → command id.
+    idempotency: HashMap<(String, String), String>,
+    /// Open input request id → task id (open requests live in their task).
+    input_index: HashMap<String, String>,
+    /// Answered, expired or cancelled input requests (bounded).
+    closed_inputs: HashMap<String, InputRequest>,
+    closed_input_order: VecDeque<String>,
+    /// Interact calls so far (the conversation's turn number).
+    interactions: u64,
+    /// Finished tasks kept queryable (`max_finished_tasks`).
+    max_finished: usize,
 }
 
 /// The changes of one operation, gathered before they are applied to the store.
@@ -161,6 +218,19 @@ struct Tx {
 
 impl Tx {
     fn event(&mut self, kind: EventType, task: &Task, detail: EventDetail, data: Option<JsonMap>) -> u64 {
+        self.event_by(kind, task, detail, data, None, None)
+    }
+
+    /// A task event caused by a coordinator (and a command).
+    fn event_by(
+        &mut self,
+        kind: EventType,
+        task: &Task,
+        detail: EventDetail,
+        data: Option<JsonMap>,
+        coordinator_id: Option<&str>,
+        caused_by: Option<&str>,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.batch.events.push(Arc::new(Event {
@@ -169,8 +239,8 @@ impl Tx {
             time: self.time,
             task_id: Some(task.id.clone()),
             agent_id: Some(task.agent_id.clone()),
-            coordinator_id: None,
-            caused_by: None,
+            coordinator_id: coordinator_id.map(str::to_owned),
+            caused_by: caused_by.map(str::to_owned),
             data,
             task_version: task.version,
             task_status: Some(task.status),
@@ -196,6 +266,7 @@ impl Core {
     fn from_recovered(config: CoreConfig, store: Arc<dyn Store>, recovered: Recovered) -> Self {
         let mut state = State {
             head_seq: recovered.head_seq,
+            max_finished: config.max_finished_tasks,
             ..State::default()
         };
         let mut finished: Vec<(SystemTime, u64)> = Vec::new();
@@ -217,6 +288,7 @@ impl Core {
                 state: Mutex::new(state),
                 started_at: SystemTime::now(),
                 closed: AtomicBool::new(false),
+                commands_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -231,6 +303,7 @@ impl Core {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.hub.drain();
+        self.drain_sessions();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -246,7 +319,7 @@ impl Core {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(CoreError::ShuttingDown);
         }
-        let (value, commit, last_seq, wake): (T, Commit, u64, _) = {
+        let (value, commit, last_seq, wake, commands_changed): (T, Commit, u64, _, bool) = {
             let mut state = self.state();
             let mut tx = Tx {
                 next_seq: state.head_seq + 1,
@@ -257,13 +330,30 @@ impl Core {
             state.counters.events_published += tx.next_seq - 1 - state.head_seq;
             state.head_seq = tx.next_seq - 1;
             let wake = self.inner.hub.append(&tx.batch.events);
-            (value, self.inner.store.commit(tx.batch), state.head_seq, wake)
+            let commands_changed = tx.batch.events.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EventType::AgentCoordination
+                        | EventType::CoordinationDelivered
+                        | EventType::CoordinationApplied
+                        | EventType::CoordinationRejected
+                        | EventType::CoordinationTimedOut
+                )
+            });
+            (
+                value,
+                self.inner.store.commit(tx.batch),
+                state.head_seq,
+                wake,
+                commands_changed,
+            )
         };
         Publication {
             core: self.clone(),
             commit: Some(commit),
             last_seq,
             wake,
+            commands_changed,
         }
         .finish()
         .await?;
@@ -272,9 +362,20 @@ impl Core {
 
     /// A batch reached its end in the store: durable, subscribers may read it; failed,
     /// the server can no longer promise durability and refuses further writes.
-    fn committed(&self, last_seq: u64, wake: Vec<Arc<hub::SubShared>>, result: &Result<(), StoreError>) {
+    fn committed(
+        &self,
+        last_seq: u64,
+        wake: Vec<Arc<hub::SubShared>>,
+        commands_changed: bool,
+        result: &Result<(), StoreError>,
+    ) {
         match result {
-            Ok(()) => self.inner.hub.publish(last_seq, wake),
+            Ok(()) => {
+                self.inner.hub.publish(last_seq, wake);
+                if commands_changed {
+                    self.inner.commands_changed.notify_waiters();
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, last_seq, "store commit failed; refusing further writes");
                 self.inner.closed.store(true, Ordering::SeqCst);
@@ -307,6 +408,7 @@ struct Publication {
     commit: Option<Commit>,
     last_seq: u64,
     wake: Vec<Arc<hub::SubShared>>,
+    commands_changed: bool,
 }
 
 impl Publication {
@@ -318,8 +420,8 @@ impl Publication {
         };
         let result = commit.await;
         self.commit = None;
-        self.core
-            .committed(self.last_seq, std::mem::take(&mut self.wake), &result);
+        let wake = std::mem::take(&mut self.wake);
+        self.core.committed(self.last_seq, wake, self.commands_changed, &result);
         result
     }
 }
@@ -330,12 +432,12 @@ impl Drop for Publication {
             return;
         };
         let core = self.core.clone();
-        let (last_seq, wake) = (self.last_seq, std::mem::take(&mut self.wake));
+        let (last_seq, wake, changed) = (self.last_seq, std::mem::take(&mut self.wake), self.commands_changed);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     let result = commit.await;
-                    core.committed(last_seq, wake, &result);
+                    core.committed(last_seq, wake, changed, &result);
                 });
             }
             Err(_) => tracing::error!(last_seq, "a commit was abandoned outside a runtime"),

@@ -133,6 +133,25 @@ pub struct Task {
     pub stall_timeout: Duration,
     /// The seq of the event that created it: its position in listings, oldest first.
     pub create_seq: u64,
+    /// The coordination lock, while a coordinator holds one.
+    #[serde(default)]
+    pub lock: Option<TaskLock>,
+    /// Input requests waiting for an answer.
+    #[serde(default)]
+    pub open_inputs: Vec<InputRequest>,
+    /// Coordination commands not yet in a final state.
+    #[serde(default)]
+    pub open_commands: Vec<Command>,
+    /// The last command applied to the task: who changed what.
+    #[serde(default)]
+    pub last_command: Option<Command>,
+}
+
+impl Task {
+    /// Whether the task is still being worked on (not finished).
+    pub fn is_live(&self) -> bool {
+        !self.status.is_terminal()
+    }
 }
 
 impl Task {
@@ -186,6 +205,257 @@ pub enum EventType {
     StreamReset,
 }
 
+/// What kind of party a session belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionKind {
+    /// An agent that runs tasks.
+    Agent,
+    /// A supervising program or agent.
+    Supervisor,
+    /// An agent that coordinates other agents.
+    CoordinatorAgent,
+    /// A person.
+    Human,
+}
+
+impl SessionKind {
+    /// Every kind but AGENT counts against `max_concurrent_coordinators`.
+    pub fn is_coordinator(self) -> bool {
+        self != SessionKind::Agent
+    }
+}
+
+/// What a session may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// May subscribe to event streams.
+    pub streaming: bool,
+    /// May interrupt and resume tasks.
+    pub interruption: bool,
+    /// May send coordination commands and take locks.
+    pub task_coordination: bool,
+    /// Wants background status updates.
+    pub background_monitoring: bool,
+}
+
+/// A session as GetStatus and events show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The coordinator or agent id.
+    pub id: String,
+    /// Who it is.
+    pub kind: SessionKind,
+    /// What it may do.
+    pub capabilities: Capabilities,
+    /// When it connected.
+    pub connect_time: SystemTime,
+    /// Its last heartbeat or call.
+    pub last_activity_time: SystemTime,
+    /// When its lease runs out unless renewed.
+    pub lease_expire_time: SystemTime,
+    /// The lease granted.
+    pub lease_ttl: Duration,
+    /// Bumped by each takeover.
+    pub generation: u64,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEnd {
+    /// Disconnect was called.
+    Disconnected,
+    /// No heartbeat or call within the lease.
+    LeaseExpired,
+    /// The server is shutting down.
+    ServerDraining,
+}
+
+/// A coordination lock: a lease with a fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLock {
+    /// The coordinator holding it.
+    pub holder_id: String,
+    /// Strictly increasing across grants (the seq of the grant's LOCK_ACQUIRED event).
+    pub fencing_token: u64,
+    /// When the lease runs out unless renewed.
+    pub expire_time: SystemTime,
+    /// When it was granted.
+    pub acquire_time: SystemTime,
+}
+
+/// Why a lock changed hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockCause {
+    /// Granted by AcquireLock.
+    Acquired,
+    /// Released by its holder.
+    Released,
+    /// The lease ran out.
+    Expired,
+    /// The holder's session ended.
+    Disconnected,
+    /// The task finished.
+    TaskFinished,
+}
+
+/// The action of a coordination command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandAction {
+    /// Raise or set the priority.
+    BoostPriority,
+    /// Replace the plan.
+    ModifyPlan,
+    /// Stop at the next checkpoint.
+    Interrupt,
+    /// Clear an interrupt.
+    Resume,
+    /// Cancel the task.
+    Cancel,
+    /// Ask the agent a question.
+    Query,
+    /// Anything else.
+    Custom,
+}
+
+impl CommandAction {
+    /// The name used in messages and in the seed's coordination data (`boost_priority`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandAction::BoostPriority => "boost_priority",
+            CommandAction::ModifyPlan => "modify_plan",
+            CommandAction::Interrupt => "interrupt",
+            CommandAction::Resume => "resume",
+            CommandAction::Cancel => "cancel",
+            CommandAction::Query => "query",
+            CommandAction::Custom => "custom",
+        }
+    }
+}
+
+/// Where a command is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CommandState {
+    /// Accepted, not yet pushed to the agent.
+    Admitted,
+    /// Pushed to the agent's session.
+    Delivered,
+    /// Applied by the agent (final).
+    Applied,
+    /// Refused by the agent (final).
+    Rejected,
+    /// Not answered in time (final).
+    TimedOut,
+}
+
+impl CommandState {
+    /// APPLIED, REJECTED and TIMED_OUT.
+    pub fn is_final(self) -> bool {
+        self >= CommandState::Applied
+    }
+
+    /// The protocol's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandState::Admitted => "ADMITTED",
+            CommandState::Delivered => "DELIVERED",
+            CommandState::Applied => "APPLIED",
+            CommandState::Rejected => "REJECTED",
+            CommandState::TimedOut => "TIMED_OUT",
+        }
+    }
+}
+
+/// One coordination command against a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Server-assigned id.
+    pub id: String,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The task.
+    pub task_id: String,
+    /// Who issued it.
+    pub coordinator_id: String,
+    /// What to do.
+    pub action: CommandAction,
+    /// Parameters.
+    pub data: Option<JsonMap>,
+    /// Lifecycle state.
+    pub state: CommandState,
+    /// Why it was rejected or timed out.
+    pub reason: Option<String>,
+    /// The agent's answer or result.
+    pub result: Option<serde_json::Value>,
+    /// The lock token it was issued under (0: taken implicitly for the call).
+    pub fencing_token: u64,
+    /// Admitted.
+    pub create_time: SystemTime,
+    /// Last state change.
+    pub update_time: SystemTime,
+    /// When it times out.
+    pub deadline: SystemTime,
+}
+
+/// Where an input request is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputState {
+    /// Waiting for an answer.
+    Open,
+    /// Answered.
+    Answered,
+    /// The deadline passed.
+    Expired,
+    /// The task finished first.
+    Cancelled,
+}
+
+/// What happens at an input request's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum InputTimeoutAction {
+    /// The request expires; the agent decides.
+    #[default]
+    Expire,
+    /// It is answered with its default value.
+    UseDefault,
+    /// The task fails.
+    FailTask,
+    /// The task is cancelled.
+    CancelTask,
+}
+
+/// A question an agent asked a human or coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputRequest {
+    /// Server-assigned id.
+    pub id: String,
+    /// The task that asks.
+    pub task_id: String,
+    /// The agent that asks.
+    pub agent_id: String,
+    /// The question.
+    pub prompt: String,
+    /// JSON schema of the answer.
+    pub schema: Option<JsonMap>,
+    /// Allowed answers.
+    pub choices: Vec<String>,
+    /// When it expires.
+    pub deadline: Option<SystemTime>,
+    /// What happens then.
+    pub timeout_action: InputTimeoutAction,
+    /// The answer USE_DEFAULT gives.
+    pub default_value: Option<serde_json::Value>,
+    /// Lifecycle state.
+    pub state: InputState,
+    /// The answer.
+    pub answer: Option<serde_json::Value>,
+    /// Who answered.
+    pub answered_by: Option<String>,
+    /// Asked.
+    pub create_time: SystemTime,
+    /// Answered or expired.
+    pub close_time: Option<SystemTime>,
+}
+
 /// Typed detail of an event, by type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventDetail {
@@ -199,6 +469,24 @@ pub enum EventDetail {
         progress: f64,
         /// Status line.
         message: String,
+    },
+    /// A coordination command.
+    Command(Box<Command>),
+    /// An input request.
+    Input(Box<InputRequest>),
+    /// A lock change.
+    Lock {
+        /// The lock granted, or as it was when freed.
+        lock: TaskLock,
+        /// Why.
+        cause: LockCause,
+    },
+    /// A session change.
+    Session {
+        /// The session.
+        session: Box<SessionInfo>,
+        /// For disconnects: why.
+        end: Option<SessionEnd>,
     },
 }
 

@@ -26,6 +26,8 @@ pub enum EndReason {
     MaxDuration,
     /// The server is shutting down.
     Draining,
+    /// The session the stream belonged to ended.
+    SessionEnded,
 }
 
 /// One item of a Subscribe stream.
@@ -87,6 +89,8 @@ pub struct SubscribeRequest {
     pub after_seq: Option<u64>,
     /// Start with the state of every matching task (unless `after_seq` is retained).
     pub snapshot: bool,
+    /// The subscriber's session: the stream ends with it, and is listed under it.
+    pub session_id: Option<String>,
 }
 
 /// A live subscription. Drop it to unsubscribe.
@@ -127,7 +131,10 @@ impl Core {
         let hub = &self.inner.hub;
         let oldest = self.inner.store.oldest_seq();
 
-        let state = self.state();
+        let mut state = self.state();
+        if let Some(session) = &request.session_id {
+            state.session_for(session, Some(super::sessions::Capability::Streaming))?;
+        }
         let head = state.head_seq;
         let mut pending = VecDeque::new();
         let (cursor, reset) = match request.after_seq {
@@ -152,6 +159,9 @@ impl Core {
             None => (head + 1, false),
         };
         let shared = hub.register(matcher, head, cursor);
+        if let Some(entry) = request.session_id.as_ref().and_then(|id| state.sessions.get_mut(id)) {
+            entry.subscriptions.push(Arc::downgrade(&shared));
+        }
         pending.push_back(StreamItem::Start {
             subscription_id: shared.id,
             head_seq: head,
@@ -258,6 +268,10 @@ impl Subscription {
             }
             if *self.drain.borrow() {
                 self.end(EndReason::Draining);
+                continue;
+            }
+            if self.shared.session_ended.load(Ordering::Acquire) {
+                self.end(EndReason::SessionEnded);
                 continue;
             }
             if self.end_at.is_some_and(|end| Instant::now() >= end) {

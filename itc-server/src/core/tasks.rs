@@ -3,8 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::model::{InputRequest, InputState, LockCause};
+use super::timers::Timer;
 use super::{
-    Core, EventDetail, EventType, JsonMap, MAX_STALL_TIMEOUT, Plan, State, Task, TaskError, TaskStatus, validate,
+    Core, EventDetail, EventType, JsonMap, MAX_STALL_TIMEOUT, Plan, State, Task, TaskError, TaskStatus, Tx, validate,
 };
 use crate::error::CoreError;
 
@@ -115,6 +119,10 @@ impl Core {
                 orphaned: false,
                 stall_timeout,
                 create_seq,
+                lock: None,
+                open_inputs: Vec::new(),
+                open_commands: Vec::new(),
+                last_command: None,
             });
             let kind = if new.pending {
                 EventType::TaskCreated
@@ -123,8 +131,12 @@ impl Core {
                 EventType::TaskStarted
             };
             tx.event(kind, &task, EventDetail::Task(Box::new((*task).clone())), None);
-            state.ids.insert(task_id, create_seq);
+            state.ids.insert(task_id.clone(), create_seq);
             state.tasks.insert(create_seq, task.clone());
+            let now = Instant::now();
+            state.activity.insert(task_id.clone(), now);
+            state.arm(now + stall_timeout, Timer::Stall(task_id));
+            state.touch_session(&task.agent_id);
             tx.batch.upserts.push(task.clone());
             Ok(task)
         })
@@ -153,6 +165,7 @@ impl Core {
             task.progress = progress;
             task.status_message.clone_from(&message);
             task.stalled = false;
+            task.orphaned = false;
             task.version += 1;
             task.update_time = now;
             let seq = tx.event(
@@ -170,6 +183,8 @@ impl Core {
             if started {
                 state.counters.tasks_started += 1;
             }
+            state.activity.insert(task.id.clone(), Instant::now());
+            state.touch_session(&task.agent_id);
             tx.batch.upserts.push(task);
             Ok(ack)
         })
@@ -186,6 +201,7 @@ impl Core {
             task.version += 1;
             task.update_time = tx.time;
             task.stalled = false;
+            task.orphaned = false;
             let seq = tx.event(EventType::RealTimeUpdate, task, EventDetail::None, Some(data));
             let ack = Ack {
                 version: task.version,
@@ -193,6 +209,8 @@ impl Core {
                 status: task.status,
             };
             let task = Arc::new(task.clone());
+            state.activity.insert(task.id.clone(), Instant::now());
+            state.touch_session(&task.agent_id);
             tx.batch.upserts.push(task);
             Ok(ack)
         })
@@ -214,49 +232,10 @@ impl Core {
         }
         let max_finished = self.inner.config.max_finished_tasks;
         self.write(move |state, tx| {
-            let to = match &outcome {
-                Outcome::Completed(_) => TaskStatus::Completed,
-                Outcome::Failed(_) => TaskStatus::Failed,
-                Outcome::Cancelled(_) => TaskStatus::Cancelled,
-            };
-            let task = state.live_task_mut(task_id, to)?;
-            let now = tx.time;
-            task.status = to;
-            task.finish_time = Some(now);
-            task.start_time.get_or_insert(now);
-            task.update_time = now;
-            task.version += 1;
-            let kind = match outcome {
-                Outcome::Completed(result) => {
-                    task.result = result;
-                    EventType::TaskCompleted
-                }
-                Outcome::Failed(error) => {
-                    task.error = Some(error);
-                    EventType::TaskFailed
-                }
-                Outcome::Cancelled(reason) => {
-                    task.reason = reason;
-                    EventType::TaskCancelled
-                }
-            };
-            let snapshot = Box::new(task.clone());
-            tx.event(kind, task, EventDetail::Task(snapshot), None);
-            let task = Arc::new(task.clone());
-            match kind {
-                EventType::TaskCompleted => state.counters.tasks_completed += 1,
-                EventType::TaskFailed => state.counters.tasks_failed += 1,
-                _ => state.counters.tasks_cancelled += 1,
-            }
-            state.finished.push_back(task.create_seq);
-            tx.batch.upserts.push(task.clone());
-            while state.finished.len() > max_finished {
-                if let Some(old) = state.finished.pop_front()
-                    && let Some(gone) = state.tasks.remove(&old)
-                {
-                    state.ids.remove(&gone.id);
-                    tx.batch.removals.push(gone.id.clone());
-                }
+            let agent = state.task_by_id(task_id).map(|t| t.agent_id.clone());
+            let task = state.finish(tx, task_id, outcome, max_finished, None)?;
+            if let Some(agent) = agent {
+                state.touch_session(&agent);
             }
             Ok(task)
         })
@@ -281,7 +260,7 @@ impl Core {
 impl State {
     /// The live task `task_id`, ready for `operation` (copied if a store still holds it);
     /// a finished one refuses, naming its state.
-    fn live_task(&mut self, task_id: &str, operation: &'static str) -> Result<&mut Task, CoreError> {
+    pub(crate) fn live_task(&mut self, task_id: &str, operation: &'static str) -> Result<&mut Task, CoreError> {
         let Some(task) = self.ids.get(task_id).and_then(|seq| self.tasks.get_mut(seq)) else {
             return Err(CoreError::TaskNotFound {
                 task_id: task_id.to_owned(),
@@ -299,7 +278,7 @@ impl State {
 
     /// The live task `task_id`, ready to move to `to` (copied if a store still holds it);
     /// a finished one refuses, naming its state and the state `to` it would have reached.
-    fn live_task_mut(&mut self, task_id: &str, to: TaskStatus) -> Result<&mut Task, CoreError> {
+    pub(crate) fn live_task_mut(&mut self, task_id: &str, to: TaskStatus) -> Result<&mut Task, CoreError> {
         let Some(task) = self.ids.get(task_id).and_then(|seq| self.tasks.get_mut(seq)) else {
             return Err(CoreError::TaskNotFound {
                 task_id: task_id.to_owned(),
@@ -313,5 +292,95 @@ impl State {
             });
         }
         Ok(Arc::make_mut(task))
+    }
+
+    /// The task `task_id`, if known.
+    pub(crate) fn task_by_id(&self, task_id: &str) -> Option<&Arc<Task>> {
+        self.ids.get(task_id).and_then(|seq| self.tasks.get(seq))
+    }
+
+    /// The task `task_id`, ready to change (copied if a store still holds it).
+    pub(crate) fn task_mut(&mut self, task_id: &str) -> Option<&mut Task> {
+        let seq = self.ids.get(task_id)?;
+        self.tasks.get_mut(seq).map(Arc::make_mut)
+    }
+
+    /// Finishes a live task: its lock is released, its open input requests cancelled,
+    /// and finished tasks past retention are forgotten. `cause`: the coordinator and
+    /// command that finished it.
+    pub(crate) fn finish(
+        &mut self,
+        tx: &mut Tx,
+        task_id: &str,
+        outcome: Outcome,
+        max_finished: usize,
+        cause: Option<(&str, &str)>,
+    ) -> Result<Arc<Task>, CoreError> {
+        let to = match &outcome {
+            Outcome::Completed(_) => TaskStatus::Completed,
+            Outcome::Failed(_) => TaskStatus::Failed,
+            Outcome::Cancelled(_) => TaskStatus::Cancelled,
+        };
+        self.live_task_mut(task_id, to)?;
+        self.release_lock(tx, task_id, LockCause::TaskFinished);
+        self.activity.remove(task_id);
+        let Some(task) = self.task_mut(task_id) else {
+            return Err(CoreError::TaskNotFound {
+                task_id: task_id.to_owned(),
+            });
+        };
+        let now = tx.time;
+        task.status = to;
+        task.finish_time = Some(now);
+        task.start_time.get_or_insert(now);
+        task.update_time = now;
+        task.version += 1;
+        let cancelled_inputs: Vec<InputRequest> = task
+            .open_inputs
+            .drain(..)
+            .map(|mut input| {
+                input.state = InputState::Cancelled;
+                input.close_time = Some(now);
+                input
+            })
+            .collect();
+        let kind = match outcome {
+            Outcome::Completed(result) => {
+                task.result = result;
+                EventType::TaskCompleted
+            }
+            Outcome::Failed(error) => {
+                task.error = Some(error);
+                EventType::TaskFailed
+            }
+            Outcome::Cancelled(reason) => {
+                task.reason = reason;
+                EventType::TaskCancelled
+            }
+        };
+        let snapshot = Box::new(task.clone());
+        let (coordinator, command) = cause.unzip();
+        tx.event_by(kind, task, EventDetail::Task(snapshot), None, coordinator, command);
+        let task = Arc::new(task.clone());
+        match kind {
+            EventType::TaskCompleted => self.counters.tasks_completed += 1,
+            EventType::TaskFailed => self.counters.tasks_failed += 1,
+            _ => self.counters.tasks_cancelled += 1,
+        }
+        for input in cancelled_inputs {
+            self.input_index.remove(&input.id);
+            self.keep_closed_input(input);
+        }
+        self.finished.push_back(task.create_seq);
+        tx.batch.upserts.push(task.clone());
+        while self.finished.len() > max_finished {
+            if let Some(old) = self.finished.pop_front()
+                && let Some(gone) = self.tasks.remove(&old)
+            {
+                self.ids.remove(&gone.id);
+                tx.batch.removals.push(gone.id.clone());
+            }
+        }
+        Ok(task)
     }
 }

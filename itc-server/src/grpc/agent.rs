@@ -7,8 +7,7 @@ use itc_proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, optional};
-use super::status::not_yet;
-use crate::core::{Core, NewTask, Outcome, TaskError};
+use crate::core::{CommandState, Core, InputTimeoutAction, NewInput, NewTask, Outcome, TaskError};
 use crate::error::CoreError;
 
 /// The AgentService adapter over the core.
@@ -120,15 +119,58 @@ impl AgentService for AgentApi {
 
     async fn request_input(
         &self,
-        _request: Request<pb::RequestInputRequest>,
+        request: Request<pb::RequestInputRequest>,
     ) -> Result<Response<pb::RequestInputResponse>, Status> {
-        Err(not_yet("AgentService/RequestInput"))
+        let req = request.into_inner();
+        let timeout_action = match pb::InputTimeoutAction::try_from(req.timeout_action) {
+            Ok(pb::InputTimeoutAction::Unspecified) => InputTimeoutAction::Expire,
+            Ok(pb::InputTimeoutAction::UseDefault) => InputTimeoutAction::UseDefault,
+            Ok(pb::InputTimeoutAction::FailTask) => InputTimeoutAction::FailTask,
+            Ok(pb::InputTimeoutAction::CancelTask) => InputTimeoutAction::CancelTask,
+            Err(_) => {
+                return Err(CoreError::invalid(
+                    "timeout_action",
+                    format!("{} is not an InputTimeoutAction", req.timeout_action),
+                )
+                .into());
+            }
+        };
+        let new = NewInput {
+            schema: convert::struct_field("schema", req.schema.as_ref())?,
+            timeout: convert::duration_field("timeout", req.timeout.as_ref())?,
+            default_value: convert::value_field("default_value", req.default_value.as_ref())?,
+            task_id: req.task_id,
+            prompt: req.prompt,
+            choices: req.choices,
+            timeout_action,
+        };
+        let input = self.core.request_input(new).await?;
+        Ok(Response::new(pb::RequestInputResponse {
+            input: Some(convert::input(&input)),
+        }))
     }
 
     async fn acknowledge_command(
         &self,
-        _request: Request<pb::AcknowledgeCommandRequest>,
+        request: Request<pb::AcknowledgeCommandRequest>,
     ) -> Result<Response<pb::AcknowledgeCommandResponse>, Status> {
-        Err(not_yet("AgentService/AcknowledgeCommand"))
+        let req = request.into_inner();
+        let outcome = match pb::CommandState::try_from(req.outcome) {
+            Ok(pb::CommandState::Applied) => CommandState::Applied,
+            Ok(pb::CommandState::Rejected) => CommandState::Rejected,
+            _ => {
+                return Err(
+                    CoreError::invalid("outcome", "must be COMMAND_STATE_APPLIED or COMMAND_STATE_REJECTED").into(),
+                );
+            }
+        };
+        let result = convert::value_field("result", req.result.as_ref())?;
+        let command = self
+            .core
+            .acknowledge_command(&req.command_id, outcome, optional(req.reason), result)
+            .await?;
+        Ok(Response::new(pb::AcknowledgeCommandResponse {
+            command: Some(convert::command(&command)),
+        }))
     }
 }

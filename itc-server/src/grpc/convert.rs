@@ -152,9 +152,9 @@ pub(crate) fn task(t: &Task, now: SystemTime) -> pb::Task {
         update_time: Some(timestamp(t.update_time)),
         finish_time: t.finish_time.map(timestamp),
         duration: Some(duration(t.duration(now))),
-        lock: None,
+        lock: t.lock.as_ref().map(lock),
         controlling_coordinator: t.controlling_coordinator.clone().unwrap_or_default(),
-        open_inputs: Vec::new(),
+        open_inputs: t.open_inputs.iter().map(input).collect(),
         result: t.result.as_ref().map(json::json_to_value),
         error: t.error.as_ref().map(|e| pb::TaskError {
             message: e.message.clone(),
@@ -164,6 +164,146 @@ pub(crate) fn task(t: &Task, now: SystemTime) -> pb::Task {
         stalled: t.stalled,
         orphaned: t.orphaned,
         stall_timeout: Some(duration(t.stall_timeout)),
+        open_commands: t.open_commands.iter().map(command).collect(),
+        last_command: t.last_command.as_ref().map(command),
+    }
+}
+
+/// A lock as the protocol shows it.
+pub(crate) fn lock(l: &core::TaskLock) -> pb::TaskLock {
+    pb::TaskLock {
+        holder_id: l.holder_id.clone(),
+        fencing_token: l.fencing_token,
+        expire_time: Some(timestamp(l.expire_time)),
+        acquire_time: Some(timestamp(l.acquire_time)),
+    }
+}
+
+/// A command as the protocol shows it.
+pub(crate) fn command(c: &core::Command) -> pb::Command {
+    use core::{CommandAction as A, CommandState as S};
+    pb::Command {
+        command_id: c.id.clone(),
+        idempotency_key: c.idempotency_key.clone().unwrap_or_default(),
+        task_id: c.task_id.clone(),
+        coordinator_id: c.coordinator_id.clone(),
+        action: match c.action {
+            A::BoostPriority => pb::CommandAction::BoostPriority,
+            A::ModifyPlan => pb::CommandAction::ModifyPlan,
+            A::Interrupt => pb::CommandAction::Interrupt,
+            A::Resume => pb::CommandAction::Resume,
+            A::Cancel => pb::CommandAction::Cancel,
+            A::Query => pb::CommandAction::Query,
+            A::Custom => pb::CommandAction::Custom,
+        } as i32,
+        data: c.data.as_ref().map(json::json_to_struct),
+        state: match c.state {
+            S::Admitted => pb::CommandState::Admitted,
+            S::Delivered => pb::CommandState::Delivered,
+            S::Applied => pb::CommandState::Applied,
+            S::Rejected => pb::CommandState::Rejected,
+            S::TimedOut => pb::CommandState::TimedOut,
+        } as i32,
+        reason: c.reason.clone().unwrap_or_default(),
+        result: c.result.as_ref().map(json::json_to_value),
+        fencing_token: c.fencing_token,
+        create_time: Some(timestamp(c.create_time)),
+        update_time: Some(timestamp(c.update_time)),
+        deadline: Some(timestamp(c.deadline)),
+    }
+}
+
+/// An input request as the protocol shows it.
+pub(crate) fn input(i: &core::InputRequest) -> pb::InputRequest {
+    use core::{InputState as S, InputTimeoutAction as A};
+    pb::InputRequest {
+        request_id: i.id.clone(),
+        task_id: i.task_id.clone(),
+        agent_id: i.agent_id.clone(),
+        prompt: i.prompt.clone(),
+        schema: i.schema.as_ref().map(json::json_to_struct),
+        choices: i.choices.clone(),
+        deadline: i.deadline.map(timestamp),
+        timeout_action: match i.timeout_action {
+            A::Expire => pb::InputTimeoutAction::Unspecified,
+            A::UseDefault => pb::InputTimeoutAction::UseDefault,
+            A::FailTask => pb::InputTimeoutAction::FailTask,
+            A::CancelTask => pb::InputTimeoutAction::CancelTask,
+        } as i32,
+        default_value: i.default_value.as_ref().map(json::json_to_value),
+        state: match i.state {
+            S::Open => pb::InputState::Open,
+            S::Answered => pb::InputState::Answered,
+            S::Expired => pb::InputState::Expired,
+            S::Cancelled => pb::InputState::Cancelled,
+        } as i32,
+        answer: i.answer.as_ref().map(json::json_to_value),
+        answered_by: i.answered_by.clone().unwrap_or_default(),
+        create_time: Some(timestamp(i.create_time)),
+        close_time: i.close_time.map(timestamp),
+    }
+}
+
+/// A session as the protocol shows it (without its subscriptions and locks).
+pub(crate) fn session(s: &core::SessionInfo) -> pb::Session {
+    pb::Session {
+        session_id: s.id.clone(),
+        kind: session_kind(s.kind) as i32,
+        capabilities: Some(pb::Capabilities {
+            streaming: s.capabilities.streaming,
+            interruption: s.capabilities.interruption,
+            task_coordination: s.capabilities.task_coordination,
+            background_monitoring: s.capabilities.background_monitoring,
+        }),
+        connect_time: Some(timestamp(s.connect_time)),
+        last_activity_time: Some(timestamp(s.last_activity_time)),
+        lease_expire_time: Some(timestamp(s.lease_expire_time)),
+        lease_ttl: Some(duration(s.lease_ttl)),
+        generation: s.generation,
+        subscriptions: Vec::new(),
+        locked_task_ids: Vec::new(),
+    }
+}
+
+/// A session with its subscriptions and locks, as GetStatus lists it.
+pub(crate) fn session_view(view: &core::SessionView) -> pb::Session {
+    let mut session = session(&view.info);
+    session.locked_task_ids.clone_from(&view.locked_task_ids);
+    session.subscriptions = view
+        .subscriptions
+        .iter()
+        .map(|sub| pb::SubscriptionInfo {
+            subscription_id: sub.id.to_string(),
+            filter: Some(filter(&sub.matcher.filter)),
+            delivered_seq: sub.delivered_seq.load(std::sync::atomic::Ordering::Relaxed),
+            delivered_events: sub.delivered_events.load(std::sync::atomic::Ordering::Relaxed),
+            create_time: Some(timestamp(sub.create_time)),
+        })
+        .collect();
+    session
+}
+
+pub(crate) fn session_kind(kind: core::SessionKind) -> pb::SessionKind {
+    match kind {
+        core::SessionKind::Agent => pb::SessionKind::Agent,
+        core::SessionKind::Supervisor => pb::SessionKind::Supervisor,
+        core::SessionKind::CoordinatorAgent => pb::SessionKind::CoordinatorAgent,
+        core::SessionKind::Human => pb::SessionKind::Human,
+    }
+}
+
+/// A session kind from a request: UNSPECIFIED or unknown values are refused.
+pub(crate) fn session_kind_from(field: &str, value: i32) -> Result<core::SessionKind, CoreError> {
+    match pb::SessionKind::try_from(value) {
+        Ok(pb::SessionKind::Agent) => Ok(core::SessionKind::Agent),
+        Ok(pb::SessionKind::Supervisor) => Ok(core::SessionKind::Supervisor),
+        Ok(pb::SessionKind::CoordinatorAgent) => Ok(core::SessionKind::CoordinatorAgent),
+        Ok(pb::SessionKind::Human) => Ok(core::SessionKind::Human),
+        Ok(pb::SessionKind::Unspecified) => Err(CoreError::invalid(
+            field,
+            "is required (AGENT, SUPERVISOR, COORDINATOR_AGENT or HUMAN)",
+        )),
+        Err(_) => Err(CoreError::invalid(field, format!("{value} is not a SessionKind"))),
     }
 }
 
@@ -175,6 +315,27 @@ pub(crate) fn event(e: &Event) -> pb::Event {
         EventDetail::Progress { progress, message } => Some(pb::event::Detail::Progress(pb::ProgressDetail {
             progress: *progress,
             message: message.clone(),
+        })),
+        EventDetail::Command(c) => Some(pb::event::Detail::Command(command(c))),
+        EventDetail::Input(i) => Some(pb::event::Detail::Input(input(i))),
+        EventDetail::Lock { lock: l, cause } => Some(pb::event::Detail::Lock(pb::LockDetail {
+            lock: Some(lock(l)),
+            cause: match cause {
+                core::LockCause::Acquired => pb::LockCause::Acquired,
+                core::LockCause::Released => pb::LockCause::Released,
+                core::LockCause::Expired => pb::LockCause::Expired,
+                core::LockCause::Disconnected => pb::LockCause::Disconnected,
+                core::LockCause::TaskFinished => pb::LockCause::TaskFinished,
+            } as i32,
+        })),
+        EventDetail::Session { session: s, end } => Some(pb::event::Detail::Session(pb::SessionDetail {
+            session: Some(session(s)),
+            reason: match end {
+                None => pb::SessionEndReason::Unspecified,
+                Some(core::SessionEnd::Disconnected) => pb::SessionEndReason::Disconnected,
+                Some(core::SessionEnd::LeaseExpired) => pb::SessionEndReason::LeaseExpired,
+                Some(core::SessionEnd::ServerDraining) => pb::SessionEndReason::ServerDraining,
+            } as i32,
         })),
     };
     pb::Event {
@@ -241,8 +402,9 @@ pub(crate) fn subscribe_request(req: pb::SubscribeRequest) -> Result<core::Subsc
         .iter()
         .map(|t| event_type_from("filter.event_types", *t))
         .collect::<Result<Vec<_>, _>>()?;
-    if !req.session_id.is_empty() {
-        super::super::core::validate_id("session_id", &req.session_id)?;
+    let session_id = optional(req.session_id);
+    if let Some(id) = &session_id {
+        super::super::core::validate_id("session_id", id)?;
     }
     Ok(core::SubscribeRequest {
         filter: core::Filter {
@@ -252,6 +414,7 @@ pub(crate) fn subscribe_request(req: pb::SubscribeRequest) -> Result<core::Subsc
         },
         after_seq: req.after_seq,
         snapshot: req.snapshot,
+        session_id,
     })
 }
 
@@ -337,6 +500,7 @@ pub(crate) fn stream_item(item: core::StreamItem) -> pb::SubscribeResponse {
                 reason: match reason {
                     core::EndReason::MaxDuration => pb::StreamEndReason::MaxDuration,
                     core::EndReason::Draining => pb::StreamEndReason::ServerDraining,
+                    core::EndReason::SessionEnded => pb::StreamEndReason::SessionEnded,
                 } as i32,
                 ..pb::StreamDetail::default()
             },

@@ -9,7 +9,6 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::status::not_yet;
 use crate::core::Core;
 
 /// The MonitorService adapter over the core.
@@ -51,7 +50,11 @@ impl MonitorService for MonitorApi {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let query = convert::status_query(request.into_inner())?;
         let page = self.core.status(&query)?;
-        Ok(Response::new(convert::status_page(page)))
+        let sessions = self.core.sessions();
+        let mut response = convert::status_page(page);
+        response.statistics.get_or_insert_default().connected_sessions = sessions.len() as u64;
+        response.sessions = sessions.iter().map(convert::session_view).collect();
+        Ok(Response::new(response))
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
@@ -61,10 +64,10 @@ impl MonitorService for MonitorApi {
         }))
     }
 
-    async fn get_input(
-        &self,
-        _request: Request<pb::GetInputRequest>,
-    ) -> Result<Response<pb::GetInputResponse>, Status> {
-        Err(not_yet("MonitorService/GetInput"))
+    async fn get_input(&self, request: Request<pb::GetInputRequest>) -> Result<Response<pb::GetInputResponse>, Status> {
+        let input = self.core.input(&request.get_ref().request_id)?;
+        Ok(Response::new(pb::GetInputResponse {
+            input: Some(convert::input(&input)),
+        }))
     }
 }

@@ -1,19 +1,20 @@
-//! `itc.v1.SessionService`: sessions and heartbeats (not implemented yet).
+//! `itc.v1.SessionService`: sessions and the bidirectional heartbeat.
 
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use itc_proto::v1 as pb;
 use itc_proto::v1::session_service_server::SessionService;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::not_yet;
-use crate::core::Core;
+use super::convert;
+use crate::core::{Capabilities, ConnectRequest, Core, Heartbeat, Notice, Push};
+use crate::error::CoreError;
 
 /// The SessionService adapter over the core.
 #[derive(Debug, Clone)]
 pub struct SessionApi {
-    #[allow(dead_code)] // used once sessions are implemented
     core: Core,
 }
 
@@ -28,21 +29,156 @@ impl SessionApi {
 impl SessionService for SessionApi {
     type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
 
-    async fn connect(&self, _request: Request<pb::ConnectRequest>) -> Result<Response<pb::ConnectResponse>, Status> {
-        Err(not_yet("SessionService/Connect"))
+    async fn connect(&self, request: Request<pb::ConnectRequest>) -> Result<Response<pb::ConnectResponse>, Status> {
+        let req = request.into_inner();
+        let caps = req.capabilities.unwrap_or_default();
+        let request = ConnectRequest {
+            kind: convert::session_kind_from("kind", req.kind)?,
+            session_id: req.session_id,
+            capabilities: Capabilities {
+                streaming: caps.streaming,
+                interruption: caps.interruption,
+                task_coordination: caps.task_coordination,
+                background_monitoring: caps.background_monitoring,
+            },
+            lease_ttl: convert::duration_field("lease_ttl", req.lease_ttl.as_ref())?,
+        };
+        let (info, taken_over) = self.core.connect(request).await?;
+        Ok(Response::new(pb::ConnectResponse {
+            session: Some(convert::session(&info)),
+            taken_over,
+        }))
     }
 
     async fn disconnect(
         &self,
-        _request: Request<pb::DisconnectRequest>,
+        request: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
-        Err(not_yet("SessionService/Disconnect"))
+        self.core.disconnect(&request.get_ref().session_id).await?;
+        Ok(Response::new(pb::DisconnectResponse {}))
     }
 
     async fn heartbeat(
         &self,
-        _request: Request<Streaming<pb::HeartbeatRequest>>,
+        request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        Err(not_yet("SessionService/Heartbeat"))
+        let mut inbound = request.into_inner();
+        // The first ping names the session.
+        let first = match inbound.next().await {
+            Some(Ok(ping)) => ping,
+            Some(Err(status)) => return Err(status),
+            None => return Err(CoreError::invalid("session_id", "send a first ping naming the session").into()),
+        };
+        let heartbeat = self.core.heartbeat(&first.session_id)?;
+        let lease = heartbeat.ping(&first.task_ids)?;
+        let state = Beat {
+            core: self.core.clone(),
+            heartbeat,
+            inbound: Some(inbound),
+            first: Some(lease),
+            ended: false,
+        };
+        let stream = futures_util::stream::unfold(state, |mut beat| async move {
+            let item = beat.next().await?;
+            Some((item, beat))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One Heartbeat call: pings in, lease renewals and pushes out.
+struct Beat {
+    core: Core,
+    heartbeat: Heartbeat,
+    /// `None` once the client closed its side (pushes still flow until the lease ends).
+    inbound: Option<Streaming<pb::HeartbeatRequest>>,
+    first: Option<SystemTime>,
+    ended: bool,
+}
+
+impl Beat {
+    async fn next(&mut self) -> Option<Result<pb::HeartbeatResponse, Status>> {
+        if let Some(expire) = self.first.take() {
+            return Some(Ok(renewed(expire)));
+        }
+        if self.ended {
+            return None;
+        }
+        loop {
+            let ping = async {
+                match self.inbound.as_mut() {
+                    Some(inbound) => inbound.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = ping => match message {
+                    Some(Ok(ping)) => {
+                        if ping.session_id != self.heartbeat.session_id() {
+                            self.ended = true;
+                            return Some(Err(CoreError::invalid(
+                                "session_id",
+                                "every ping of a Heartbeat stream must name the same session",
+                            ).into()));
+                        }
+                        return Some(self.heartbeat.ping(&ping.task_ids).map(renewed).map_err(Status::from));
+                    }
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "heartbeat stream broke");
+                        return None;
+                    }
+                    None => self.inbound = None,
+                },
+                push = self.heartbeat.next() => {
+                    let push = push?;
+                    return Some(Ok(self.respond(push).await));
+                }
+            }
+        }
+    }
+
+    async fn respond(&mut self, push: Push) -> pb::HeartbeatResponse {
+        use pb::heartbeat_response::Message;
+        let message = match push {
+            Push::Command(command) => {
+                if let Err(e) = self.core.command_delivered(&command.id).await {
+                    tracing::debug!(error = %e, "could not mark a command delivered");
+                }
+                let mut command = command;
+                if command.state == crate::core::CommandState::Admitted {
+                    command.state = crate::core::CommandState::Delivered;
+                }
+                Message::Command(convert::command(&command))
+            }
+            Push::Input(input) => Message::Input(convert::input(&input)),
+            Push::Notice(notice) => {
+                self.ended = true;
+                let (kind, message) = match notice {
+                    Notice::LeaseLost => (pb::NoticeKind::LeaseLost, "the session's lease ran out: connect again"),
+                    Notice::TakenOver => (
+                        pb::NoticeKind::TakenOver,
+                        "the session was taken over by a newer connection or Heartbeat stream",
+                    ),
+                    Notice::ServerDraining => (
+                        pb::NoticeKind::ServerDraining,
+                        "the server is shutting down: reconnect later or elsewhere",
+                    ),
+                    Notice::Disconnected => (pb::NoticeKind::Disconnected, "the session was disconnected"),
+                };
+                Message::Notice(pb::SessionNotice {
+                    kind: kind as i32,
+                    message: message.into(),
+                })
+            }
+        };
+        pb::HeartbeatResponse { message: Some(message) }
+    }
+}
+
+fn renewed(expire: SystemTime) -> pb::HeartbeatResponse {
+    pb::HeartbeatResponse {
+        message: Some(pb::heartbeat_response::Message::Lease(pb::LeaseRenewed {
+            expire_time: Some(convert::timestamp(expire)),
+        })),
     }
 }

@@ -15,7 +15,11 @@ impl From<CoreError> for Status {
                 message,
                 ErrorDetails::with_bad_request_violation(field, reason),
             ),
-            CoreError::TaskNotFound { .. } => Status::not_found(message),
+            CoreError::TaskNotFound { .. } | CoreError::NotFound { .. } => Status::not_found(message),
+            CoreError::ResourceExhausted(_) => Status::resource_exhausted(message),
+            CoreError::PermissionDenied(_) => Status::permission_denied(message),
+            CoreError::Aborted(_) => Status::aborted(message),
+            CoreError::FailedPrecondition(_) => Status::failed_precondition(message),
             CoreError::TaskExists { .. } => Status::already_exists(message),
             CoreError::IllegalTransition { .. } | CoreError::TaskFinished { .. } => {
                 Status::failed_precondition(message)
@@ -31,9 +35,4 @@ impl From<CoreError> for Status {
             }
         }
     }
-}
-
-/// The answer of an RPC that a later version of this server implements.
-pub(crate) fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented by this server version yet"))
 }
