@@ -1216,3 +1216,25 @@ async fn status_shows_sessions_commands_and_inputs() {
     assert_eq!(task.open_inputs.len(), 1);
     assert_eq!(status.statistics.unwrap().connected_sessions, 1);
 }
+
+/// On shutdown a session's Heartbeat stream is told SERVER_DRAINING and ends, so the
+/// server stops promptly.
+#[tokio::test]
+async fn heartbeat_told_server_draining() {
+    let mut server = TestServer::start().await;
+    let itc = Itc::new(&server).await;
+    itc.connect("agent", pb::SessionKind::Agent, Default::default()).await;
+    let mut beat = itc.heartbeat("agent").await;
+    server.signal_shutdown();
+    let pb::heartbeat_response::Message::Notice(notice) = beat.push().await else {
+        panic!("expected a notice");
+    };
+    assert_eq!(notice.kind(), pb::NoticeKind::ServerDraining);
+    let end = tokio::time::timeout(DEADLINE, beat.stream.next()).await.unwrap();
+    assert!(end.is_none(), "the stream ends after the notice: {end:?}");
+    drop(beat);
+    drop(itc);
+    let started = Instant::now();
+    server.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped in {:?}", started.elapsed());
+}
