@@ -1236,5 +1236,9 @@ async fn heartbeat_told_server_draining() {
     drop(itc);
     let started = Instant::now();
     server.stop().await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "stopped in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        started.elapsed()
+    );
 }
