@@ -692,10 +692,20 @@ async fn coordinate_lock_version_and_idempotency() {
     // Idempotency: the retry returns the first command and changes nothing more.
     let mut plan = command("t1", "b", pb::CommandAction::ModifyPlan, json!({"steps": ["a", "b"]}));
     plan.idempotency_key = "plan-1".into();
+    // The holder passes its token (0 would let a stale process of b through).
+    let (c, message) = code(itc.coordinate(plan.clone()).await);
+    assert_eq!(c, Code::Aborted);
+    assert!(message.contains("pass it"), "{message}");
+    plan.fencing_token = lock.fencing_token;
     let one = itc.coordinate(plan.clone()).await.unwrap();
     let version = itc.task("t1").await.version;
-    let two = itc.coordinate(plan).await.unwrap();
+    let two = itc.coordinate(plan.clone()).await.unwrap();
     assert_eq!(one.command_id, two.command_id);
+    // The same key for another action is a mistake, not a retry.
+    plan.action = pb::CommandAction::Custom as i32;
+    let (c, message) = code(itc.coordinate(plan).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(message.contains("idempotency_key"), "{message}");
     let task = itc.task("t1").await;
     assert_eq!(task.version, version);
     assert_eq!(task.plan.unwrap().version, 1);
@@ -1136,10 +1146,22 @@ async fn interact_keyword_router() {
         "{}",
         busy.response
     );
-    let stop = itc
+    // Stopping everything needs a connected session with the interruption capability.
+    let anonymous = itc
         .coord
         .clone()
         .interact(ask("please halt", pb::SessionKind::Human))
+        .await;
+    assert_eq!(code(anonymous).0, Code::PermissionDenied);
+    itc.coordinator("boss").await;
+    let as_boss = |query: &str, kind: pb::SessionKind| pb::InteractRequest {
+        requestor_id: "boss".into(),
+        ..ask(query, kind)
+    };
+    let stop = itc
+        .coord
+        .clone()
+        .interact(as_boss("please halt", pb::SessionKind::Human))
         .await
         .unwrap()
         .into_inner();
@@ -1147,7 +1169,7 @@ async fn interact_keyword_router() {
     let resume = itc
         .coord
         .clone()
-        .interact(ask("proceed", pb::SessionKind::Agent))
+        .interact(as_boss("proceed", pb::SessionKind::Agent))
         .await
         .unwrap()
         .into_inner();
@@ -1189,9 +1211,10 @@ async fn status_shows_sessions_commands_and_inputs() {
         .await
         .unwrap()
         .into_inner();
-    itc.coordinate(command("t1", "sup", pb::CommandAction::Custom, json!({"k": "v"})))
-        .await
-        .unwrap();
+    let lock = itc.task("t1").await.lock.unwrap();
+    let mut custom = command("t1", "sup", pb::CommandAction::Custom, json!({"k": "v"}));
+    custom.fencing_token = lock.fencing_token;
+    itc.coordinate(custom).await.unwrap();
     itc.agent
         .clone()
         .request_input(pb::RequestInputRequest {
@@ -1241,4 +1264,47 @@ async fn heartbeat_told_server_draining() {
         "stopped in {:?}",
         started.elapsed()
     );
+}
+
+/// A heartbeat naming a STALLED task clears the flag (TASK_RECOVERED); a second,
+/// faulty Heartbeat stream is refused without ending the working one.
+#[tokio::test]
+async fn vouching_heartbeat_recovers_a_stalled_task() {
+    let server = TestServer::start().await;
+    let itc = Itc::new(&server).await;
+    let mut watch = itc.watch().await;
+    itc.connect("agent", pb::SessionKind::Agent, Default::default()).await;
+    let request = pb::StartTaskRequest {
+        task_id: "slow".into(),
+        agent_id: "agent".into(),
+        description: "slow work".into(),
+        stall_timeout: Some(prost_types::Duration::try_from(Duration::from_millis(200)).unwrap()),
+        ..Default::default()
+    };
+    itc.agent.clone().start_task(request).await.unwrap();
+    let mut beat = itc.heartbeat("agent").await;
+    watch.until(pb::EventType::TaskStalled).await;
+
+    // A second stream whose first ping is malformed is refused; the first goes on.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::HeartbeatRequest {
+        session_id: "agent".into(),
+        task_ids: vec!["bad id".into()],
+    })
+    .await
+    .unwrap();
+    let refused = itc.sessions.clone().heartbeat(ReceiverStream::new(rx)).await;
+    assert_eq!(code(refused).0, Code::InvalidArgument);
+
+    beat.tx
+        .send(pb::HeartbeatRequest {
+            session_id: "agent".into(),
+            task_ids: vec!["slow".into()],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(beat.next().await, pb::heartbeat_response::Message::Lease(_)));
+    let recovered = watch.until(pb::EventType::TaskRecovered).await;
+    assert_eq!(recovered.task_id, "slow");
+    assert!(!itc.task("slow").await.stalled);
 }

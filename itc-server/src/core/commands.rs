@@ -75,7 +75,11 @@ impl Core {
         let timeout = config.coordination_timeout;
         let max_finished = config.max_finished_tasks;
         let wait = request.wait;
-        let wait_timeout = request.wait_timeout.filter(|t| !t.is_zero()).unwrap_or(timeout);
+        // Never longer than coordination_timeout: the command is final by then.
+        let wait_timeout = request
+            .wait_timeout
+            .filter(|t| !t.is_zero())
+            .map_or(timeout, |t| t.min(timeout));
         let command = self
             .write(move |state, tx| {
                 let needs = match request.action {
@@ -87,11 +91,20 @@ impl Core {
                     && let Some(id) = state.idempotency.get(&(request.coordinator_id.clone(), key.clone()))
                     && let Some(existing) = state.command(id)
                 {
+                    if existing.task_id != request.task_id || existing.action != request.action {
+                        return Err(CoreError::invalid(
+                            "idempotency_key",
+                            format!(
+                                "was used for another command ({} on task `{}`)",
+                                existing.action.name(),
+                                existing.task_id
+                            ),
+                        ));
+                    }
                     return Ok(existing);
                 }
-                state.expire_lock_if_due(tx, &request.task_id);
-                let task = state.live_task(&request.task_id, "coordinate it")?;
-                let token = match &task.lock {
+                let version = state.live_task(&request.task_id, "coordinate it")?.version;
+                let token = match state.effective_lock(&request.task_id) {
                     Some(lock) if lock.holder_id != request.coordinator_id => {
                         return Err(CoreError::Aborted(format!(
                             "task `{}` is locked by `{}` until {} (fencing token {})",
@@ -107,6 +120,13 @@ impl Core {
                             request.fencing_token, request.task_id, lock.fencing_token
                         )));
                     }
+                    Some(lock) if request.fencing_token == 0 => {
+                        return Err(CoreError::Aborted(format!(
+                            "task `{}` is locked by you with fencing token {}: pass it, so that a stale \
+                             process of yours is fenced off",
+                            request.task_id, lock.fencing_token
+                        )));
+                    }
                     Some(lock) => lock.fencing_token,
                     None if request.fencing_token != 0 => {
                         return Err(CoreError::Aborted(format!(
@@ -117,13 +137,16 @@ impl Core {
                     None => 0,
                 };
                 if let Some(expected) = request.expected_version
-                    && expected != task.version
+                    && expected != version
                 {
                     return Err(CoreError::Aborted(format!(
-                        "task `{}` is at version {}, not the expected {expected}",
-                        request.task_id, task.version
+                        "task `{}` is at version {version}, not the expected {expected}",
+                        request.task_id
                     )));
                 }
+                state.check_transition(&request.task_id, request.action)?;
+                // Every check passed: a lease that ran out is freed now (its timer may lag).
+                state.expire_lock_if_due(tx, &request.task_id);
                 let command = state.admit(tx, request, token, timeout, max_finished)?;
                 Ok(command)
             })
@@ -189,24 +212,26 @@ impl Core {
         .await
     }
 
-    /// Marks a command DELIVERED: its agent's Heartbeat stream is sending it now.
-    pub async fn command_delivered(&self, command_id: &str) -> Result<(), CoreError> {
+    /// Marks a command DELIVERED as its agent's Heartbeat stream sends it; returns it as it
+    /// is now, or `None` if it is no longer open (then it must not be sent).
+    pub async fn command_delivered(&self, command_id: &str) -> Result<Option<Command>, CoreError> {
         self.write(|state, tx| {
             let Some(task_id) = state.command_index.get(command_id).cloned() else {
-                return Ok(());
+                return Ok(None);
             };
             let Some(task) = state.task_mut(&task_id) else {
-                return Ok(());
+                return Ok(None);
             };
-            let Some(command) = task
-                .open_commands
-                .iter_mut()
-                .find(|c| c.id == command_id && c.state == CommandState::Admitted)
-            else {
-                return Ok(());
+            let Some(command) = task.open_commands.iter_mut().find(|c| c.id == command_id) else {
+                return Ok(None);
             };
+            if command.state != CommandState::Admitted {
+                // Sent again to a new stream: already DELIVERED.
+                return Ok(Some(command.clone()));
+            }
             command.state = CommandState::Delivered;
             command.update_time = tx.time;
+            let delivered = command.clone();
             let detail = EventDetail::Command(Box::new(command.clone()));
             let coordinator = command.coordinator_id.clone();
             if task.last_command.as_ref().is_some_and(|c| c.id == command_id)
@@ -224,7 +249,7 @@ impl Core {
             );
             let task = Arc::new(task.clone());
             tx.batch.upserts.push(task);
-            Ok(())
+            Ok(Some(delivered))
         })
         .await
     }
@@ -304,6 +329,23 @@ impl State {
         self.closed_commands.get(id).cloned()
     }
 
+    /// Whether `action` may apply to the live task `task_id` now (no change made).
+    pub(crate) fn check_transition(&mut self, task_id: &str, action: CommandAction) -> Result<(), CoreError> {
+        let status = self.live_task(task_id, "coordinate it")?.status;
+        let to = match action {
+            CommandAction::Interrupt if !matches!(status, TaskStatus::Running | TaskStatus::InputRequired) => {
+                TaskStatus::Interrupted
+            }
+            CommandAction::Resume if status != TaskStatus::Interrupted => TaskStatus::Running,
+            _ => return Ok(()),
+        };
+        Err(CoreError::IllegalTransition {
+            task_id: task_id.to_owned(),
+            from: status,
+            to,
+        })
+    }
+
     /// Admits a command whose checks passed: applies its effect to the task, records it,
     /// pushes it to the agent, and arms its timeout.
     pub(crate) fn admit(
@@ -341,24 +383,7 @@ impl State {
         let coordinator = Some(coordinator_id.as_str());
         let caused_by = Some(command.id.as_str());
         // Check the transition before anything changes.
-        let status = self.live_task(&task_id, "coordinate it")?.status;
-        match action {
-            CommandAction::Interrupt if !matches!(status, TaskStatus::Running | TaskStatus::InputRequired) => {
-                return Err(CoreError::IllegalTransition {
-                    task_id,
-                    from: status,
-                    to: TaskStatus::Interrupted,
-                });
-            }
-            CommandAction::Resume if status != TaskStatus::Interrupted => {
-                return Err(CoreError::IllegalTransition {
-                    task_id,
-                    from: status,
-                    to: TaskStatus::Running,
-                });
-            }
-            _ => {}
-        }
+        self.check_transition(&task_id, action)?;
 
         let task = self.live_task(&task_id, "coordinate it")?;
         task.version += 1;
@@ -418,6 +443,7 @@ impl State {
         let agent_id = task.agent_id.clone();
         let upsert = Arc::new(task.clone());
         tx.batch.upserts.push(upsert);
+        self.command_index.insert(command.id.clone(), task_id.clone());
         if action == CommandAction::Cancel {
             let reason = reason_in(data.as_ref(), &format!("cancelled by {coordinator_id}"));
             self.finish(
@@ -433,7 +459,6 @@ impl State {
         }
         self.counters.coordinator_interactions += 1;
         self.counters.commands_admitted += 1;
-        self.command_index.insert(command.id.clone(), task_id);
         if let Some(key) = idempotency_key {
             self.idempotency.insert((coordinator_id, key), command.id.clone());
         }
@@ -478,11 +503,30 @@ impl State {
         Some(command)
     }
 
+    /// Closes every open command of a task that is being forgotten (retention), so that
+    /// each still reaches a final state and stays readable.
+    pub(crate) fn close_commands_of(&mut self, tx: &mut Tx, task_id: &str, reason: &str) {
+        let open: Vec<String> = self
+            .task_by_id(task_id)
+            .map(|t| t.open_commands.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default();
+        for id in open {
+            self.close_command(tx, task_id, &id, EventType::CoordinationTimedOut, |c| {
+                c.state = CommandState::TimedOut;
+                c.reason = Some(reason.to_owned());
+            });
+        }
+    }
+
     /// A command's deadline passed: TIMED_OUT unless it was answered.
     pub(crate) fn time_out_command(&mut self, tx: &mut Tx, command_id: &str, _now: Instant) {
         let Some(task_id) = self.command_index.get(command_id).cloned() else {
             return;
         };
+        if self.task_by_id(&task_id).is_none() {
+            self.command_index.remove(command_id);
+            return;
+        }
         let open = self
             .task_by_id(&task_id)
             .and_then(|t| t.open_commands.iter().find(|c| c.id == command_id))

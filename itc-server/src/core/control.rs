@@ -87,12 +87,16 @@ impl Core {
             let wants_stop = has(&["stop", "interrupt", "cancel", "halt"]);
             let wants_resume = has(&["resume", "continue", "proceed"]);
             let wants_status = has(&["status", "progress", "what", "how"]);
-            if !wants_status
-                && (wants_stop || wants_resume)
-                && let Some(id) = requestor_id
-                && state.sessions.contains_key(id)
-            {
-                // A connected session acts within its capabilities.
+            if !wants_status && (wants_stop || wants_resume) {
+                // Stopping or resuming everything is an act of a connected session with
+                // the interruption capability, as InterruptAll and ResumeAll are.
+                let Some(id) = requestor_id else {
+                    return Err(CoreError::PermissionDenied(
+                        "stop and resume need `requestor_id`: a connected session with the interruption \
+                         capability"
+                            .into(),
+                    ));
+                };
                 state.session_for(id, Some(Interruption))?;
             }
             let response = if wants_status {

@@ -28,15 +28,19 @@ impl Core {
         let lease = self.lock_lease(lease);
         self.write(|state, tx| {
             state.session_for(coordinator_id, Some(TaskCoordination))?;
-            state.expire_lock_if_due(tx, task_id);
-            let task = state.live_task(task_id, "take its lock")?;
-            if let Some(lock) = &task.lock {
+            state.live_task(task_id, "take its lock")?;
+            if let Some(lock) = state.effective_lock(task_id) {
                 if lock.holder_id != coordinator_id {
                     return Err(held_by_other(task_id, lock));
                 }
                 // A retried acquire of the holder: extend, same token.
-                return Ok(state.extend_lock(task_id, lease));
+                return state
+                    .extend_lock(task_id, lease)
+                    .ok_or_else(|| CoreError::Aborted(format!("task `{task_id}` lost its lock")));
             }
+            // Every check passed: a lease that ran out is freed now (its timer may lag).
+            state.expire_lock_if_due(tx, task_id);
+            let task = state.live_task(task_id, "take its lock")?;
             let now = Instant::now();
             let lock = TaskLock {
                 holder_id: coordinator_id.to_owned(),
@@ -75,11 +79,12 @@ impl Core {
         validate::id("task_id", task_id)?;
         validate::id("coordinator_id", coordinator_id)?;
         let lease = self.lock_lease(lease);
-        self.write(|state, tx| {
+        self.write(|state, _tx| {
             state.session_for(coordinator_id, Some(TaskCoordination))?;
-            state.expire_lock_if_due(tx, task_id);
             state.check_holder(task_id, coordinator_id, fencing_token)?;
-            Ok(state.extend_lock(task_id, lease))
+            state
+                .extend_lock(task_id, lease)
+                .ok_or_else(|| CoreError::Aborted(format!("task `{task_id}` lost its lock")))
         })
         .await
     }
@@ -90,7 +95,6 @@ impl Core {
         validate::id("coordinator_id", coordinator_id)?;
         self.write(|state, tx| {
             state.session_for(coordinator_id, None)?;
-            state.expire_lock_if_due(tx, task_id);
             state.check_holder(task_id, coordinator_id, fencing_token)?;
             state.release_lock(tx, task_id, LockCause::Released);
             Ok(())
@@ -136,7 +140,17 @@ impl State {
         }
     }
 
-    /// A lock whose lease ran out (its timer may not have fired yet) is freed now.
+    /// The task's lock unless its lease ran out (its timer may not have fired yet).
+    pub(crate) fn effective_lock(&self, task_id: &str) -> Option<&TaskLock> {
+        let expired = self.lock_deadlines.get(task_id).is_none_or(|d| *d <= Instant::now());
+        if expired {
+            return None;
+        }
+        self.task_by_id(task_id).and_then(|t| t.lock.as_ref())
+    }
+
+    /// A lock whose lease ran out (its timer may not have fired yet) is freed now. Call
+    /// only once every check of the operation has passed: it writes an event.
     pub(crate) fn expire_lock_if_due(&mut self, tx: &mut Tx, task_id: &str) {
         if self.lock_deadlines.get(task_id).is_some_and(|d| *d <= Instant::now()) {
             self.release_lock(tx, task_id, LockCause::Expired);
@@ -145,12 +159,15 @@ impl State {
 
     /// The caller holds the task's lock with this very token.
     pub(crate) fn check_holder(&self, task_id: &str, coordinator_id: &str, token: u64) -> Result<(), CoreError> {
-        let task = self.task_by_id(task_id).ok_or_else(|| CoreError::TaskNotFound {
-            task_id: task_id.to_owned(),
-        })?;
-        match &task.lock {
+        if self.task_by_id(task_id).is_none() {
+            return Err(CoreError::TaskNotFound {
+                task_id: task_id.to_owned(),
+            });
+        }
+        match self.effective_lock(task_id) {
             None => Err(CoreError::Aborted(format!(
-                "task `{task_id}` is not locked (fencing token {token} is stale); acquire the lock again"
+                "task `{task_id}` is not locked, or its lease ran out (fencing token {token} is stale); acquire \
+                 the lock again"
             ))),
             Some(lock) if lock.holder_id != coordinator_id => Err(held_by_other(task_id, lock)),
             Some(lock) if lock.fencing_token != token => Err(CoreError::Aborted(format!(
@@ -161,23 +178,15 @@ impl State {
         }
     }
 
-    fn extend_lock(&mut self, task_id: &str, lease: Duration) -> TaskLock {
+    /// Extends the task's lock by `lease` from now; `None` if it has none.
+    fn extend_lock(&mut self, task_id: &str, lease: Duration) -> Option<TaskLock> {
         let now = Instant::now();
-        self.lock_deadlines.insert(task_id.to_owned(), now + lease);
         let expire = SystemTime::now() + lease;
-        let mut granted = None;
-        if let Some(task) = self.task_mut(task_id)
-            && let Some(lock) = task.lock.as_mut()
-        {
-            lock.expire_time = expire;
-            granted = Some(lock.clone());
-        }
+        let lock = self.task_mut(task_id)?.lock.as_mut()?;
+        lock.expire_time = expire;
+        let granted = lock.clone();
+        self.lock_deadlines.insert(task_id.to_owned(), now + lease);
         self.arm(now + lease, Timer::Lock(task_id.to_owned()));
-        granted.unwrap_or(TaskLock {
-            holder_id: String::new(),
-            fencing_token: 0,
-            expire_time: expire,
-            acquire_time: expire,
-        })
+        Some(granted)
     }
 }

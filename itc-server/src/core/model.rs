@@ -203,6 +203,7 @@ pub enum EventType {
     TaskOrphaned,
     TaskSnapshot,
     StreamReset,
+    TaskRecovered,
 }
 
 /// What kind of party a session belongs to.

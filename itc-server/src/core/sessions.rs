@@ -164,13 +164,17 @@ impl Heartbeat {
         &self.session_id
     }
 
-    /// Renews the lease (a ping); `task_ids` are tasks the agent vouches it works on.
-    /// Returns the new lease expiry.
-    pub fn ping(&self, task_ids: &[String]) -> Result<SystemTime, CoreError> {
+    /// Renews the lease (a ping); `task_ids` are tasks the agent vouches it works on (a
+    /// STALLED one among them is un-flagged). Returns the new lease expiry.
+    pub async fn ping(&self, task_ids: &[String]) -> Result<SystemTime, CoreError> {
         for id in task_ids {
             validate::id("task_ids", id)?;
         }
-        self.core.renew(&self.session_id, Some(self.generation), task_ids)
+        let (expire, stalled) = self.core.renew(&self.session_id, Some(self.generation), task_ids)?;
+        if !stalled.is_empty() {
+            self.core.unstall(&stalled).await?;
+        }
+        Ok(expire)
     }
 
     /// The next push; `None` once a notice has been sent.
@@ -270,15 +274,6 @@ impl Core {
                         generation: 1,
                     };
                     let channel = Arc::new(SessionChannel::default());
-                    if request.kind == SessionKind::Agent {
-                        // A fresh agent session gets every open command of its tasks again:
-                        // it may have lost them with its previous session.
-                        for task in state.tasks.values().filter(|t| t.agent_id == id && t.is_live()) {
-                            for command in &task.open_commands {
-                                channel.lock().outbox.push_back(Push::Command(command.clone()));
-                            }
-                        }
-                    }
                     state.sessions.insert(
                         id.clone(),
                         SessionEntry {
@@ -321,9 +316,32 @@ impl Core {
             .get(session_id)
             .ok_or_else(|| session_not_found(session_id))?;
         let channel = entry.channel.clone();
+        // Commands are delivered at least once: a new stream gets every command of the
+        // agent's tasks that is still open (an older stream may have taken some with it).
+        let open: Vec<Push> = state
+            .tasks
+            .values()
+            .filter(|t| t.agent_id == session_id)
+            .flat_map(|t| t.open_commands.iter().cloned().map(Push::Command))
+            .collect();
         let epoch = {
             let mut ch = channel.lock();
             ch.epoch += 1;
+            let queued: std::collections::HashSet<String> = ch
+                .outbox
+                .iter()
+                .filter_map(|p| match p {
+                    Push::Command(c) => Some(c.id.clone()),
+                    _ => None,
+                })
+                .collect();
+            for push in open {
+                if let Push::Command(c) = &push
+                    && !queued.contains(&c.id)
+                {
+                    ch.outbox.push_back(push);
+                }
+            }
             ch.epoch
         };
         channel.notify.notify_waiters();
@@ -344,7 +362,7 @@ impl Core {
         session_id: &str,
         generation: Option<u64>,
         task_ids: &[String],
-    ) -> Result<SystemTime, CoreError> {
+    ) -> Result<(SystemTime, Vec<String>), CoreError> {
         let mut state = self.state();
         let now = Instant::now();
         let entry = state
@@ -357,15 +375,38 @@ impl Core {
             )));
         }
         let expire = entry.touch(now);
+        let mut stalled = Vec::new();
         for task_id in task_ids {
-            if state
+            if let Some(task) = state
                 .task_by_id(task_id)
-                .is_some_and(|t| t.agent_id == session_id && t.is_live())
+                .filter(|t| t.agent_id == session_id && t.is_live())
             {
+                if task.stalled {
+                    stalled.push(task_id.clone());
+                }
                 state.activity.insert(task_id.clone(), now);
             }
         }
-        Ok(expire)
+        Ok((expire, stalled))
+    }
+
+    /// Clears the STALLED flag of tasks a heartbeat vouched for (an event each).
+    async fn unstall(&self, task_ids: &[String]) -> Result<(), CoreError> {
+        self.write(|state, tx| {
+            for task_id in task_ids {
+                if let Some(task) = state.task_mut(task_id).filter(|t| t.stalled && t.is_live()) {
+                    task.stalled = false;
+                    task.version += 1;
+                    task.update_time = tx.time;
+                    let snapshot = Box::new(task.clone());
+                    tx.event(EventType::TaskRecovered, task, EventDetail::Task(snapshot), None);
+                    let task = Arc::new(task.clone());
+                    tx.batch.upserts.push(task);
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The sessions connected now, with their locks and live subscriptions.

@@ -374,12 +374,21 @@ impl State {
         self.finished.push_back(task.create_seq);
         tx.batch.upserts.push(task.clone());
         while self.finished.len() > max_finished {
-            if let Some(old) = self.finished.pop_front()
-                && let Some(gone) = self.tasks.remove(&old)
-            {
-                self.ids.remove(&gone.id);
-                tx.batch.removals.push(gone.id.clone());
-            }
+            let Some(old) = self.finished.pop_front() else {
+                break;
+            };
+            let Some(gone_id) = self.tasks.get(&old).map(|t| t.id.clone()) else {
+                continue;
+            };
+            // Commands still waiting for the agent reach a final state before the task goes.
+            self.close_commands_of(
+                tx,
+                &gone_id,
+                "the task was finished and forgotten before the agent answered",
+            );
+            self.tasks.remove(&old);
+            self.ids.remove(&gone_id);
+            tx.batch.removals.push(gone_id);
         }
         Ok(task)
     }

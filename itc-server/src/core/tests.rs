@@ -599,3 +599,152 @@ async fn lagging_is_counted_until_caught_up() {
     assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == 12));
     assert!(sub.shared.inbox().events.is_empty());
 }
+
+async fn session(core: &Core, id: &str, kind: SessionKind) {
+    let caps = Capabilities {
+        streaming: true,
+        interruption: true,
+        task_coordination: true,
+        background_monitoring: false,
+    };
+    let request = ConnectRequest {
+        session_id: id.into(),
+        kind,
+        capabilities: caps,
+        lease_ttl: None,
+    };
+    core.connect(request).await.unwrap();
+}
+
+fn coordinate(task: &str, by: &str, action: CommandAction) -> CoordinateRequest {
+    CoordinateRequest {
+        task_id: task.into(),
+        coordinator_id: by.into(),
+        action,
+        data: None,
+        fencing_token: 0,
+        expected_version: None,
+        idempotency_key: None,
+        wait: CommandWait::Admitted,
+        wait_timeout: None,
+    }
+}
+
+fn kinds(core: &Core) -> Vec<EventType> {
+    core.store()
+        .read_events(0, 10_000)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// A call refused after a lock's lease ran out (its timer not yet fired) changes
+/// nothing; the next successful call frees the lock with its LOCK_RELEASED event.
+#[tokio::test(start_paused = true)]
+async fn expired_lock_is_released_only_by_a_successful_call() {
+    let core = Core::in_memory(CoreConfig {
+        coordination_timeout: Duration::from_millis(50),
+        ..CoreConfig::default()
+    });
+    session(&core, "a", SessionKind::Supervisor).await;
+    session(&core, "b", SessionKind::Supervisor).await;
+    core.start_task(new_task("t")).await.unwrap();
+    let lock = core.acquire_lock("t", "a", None).await.unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let head = core.head_seq();
+    assert!(matches!(
+        core.renew_lock("t", "a", lock.fencing_token, None).await,
+        Err(CoreError::Aborted(_))
+    ));
+    let mut wrong = coordinate("t", "b", CommandAction::Custom);
+    wrong.expected_version = Some(999);
+    assert!(matches!(core.coordinate(wrong).await, Err(CoreError::Aborted(_))));
+    assert_eq!(core.head_seq(), head, "refused calls wrote nothing");
+    assert!(core.task("t").unwrap().lock.is_some(), "and changed nothing");
+    let taken = core.acquire_lock("t", "b", None).await.unwrap();
+    assert!(taken.fencing_token > lock.fencing_token);
+    let tail: Vec<EventType> = kinds(&core).into_iter().skip(head as usize).collect();
+    assert_eq!(tail, vec![EventType::LockReleased, EventType::LockAcquired]);
+}
+
+/// Commands still open when their task is finished and forgotten reach a final state and
+/// stay readable; a Coordinate CANCEL waiting for delivery answers even when the
+/// cancelled task is forgotten at once.
+#[tokio::test]
+async fn commands_of_forgotten_tasks_reach_a_final_state() {
+    let core = Core::in_memory(CoreConfig {
+        max_finished_tasks: 0,
+        coordination_timeout: Duration::from_millis(50),
+        ..CoreConfig::default()
+    });
+    session(&core, "sup", SessionKind::Supervisor).await;
+    core.start_task(new_task("t1")).await.unwrap();
+    let pending = core
+        .coordinate(coordinate("t1", "sup", CommandAction::Custom))
+        .await
+        .unwrap();
+    core.finish_task("t1", Outcome::Completed(None)).await.unwrap();
+    assert!(core.task("t1").is_err(), "forgotten");
+    let closed = core.command(&pending.id).unwrap();
+    assert_eq!(closed.state, CommandState::TimedOut);
+
+    core.start_task(new_task("t2")).await.unwrap();
+    let mut cancel = coordinate("t2", "sup", CommandAction::Cancel);
+    cancel.wait = CommandWait::Delivered;
+    let answered = core.coordinate(cancel).await.unwrap();
+    assert_eq!(answered.state, CommandState::TimedOut);
+}
+
+/// A client's wait_timeout is capped at coordination_timeout (no overflow, no long
+/// hang).
+#[tokio::test]
+async fn huge_wait_timeout_is_capped() {
+    let core = Core::in_memory(CoreConfig {
+        coordination_timeout: Duration::from_millis(100),
+        ..CoreConfig::default()
+    });
+    session(&core, "sup", SessionKind::Supervisor).await;
+    core.start_task(new_task("t")).await.unwrap();
+    let mut request = coordinate("t", "sup", CommandAction::Custom);
+    request.wait = CommandWait::Final;
+    request.wait_timeout = Some(Duration::MAX);
+    let command = tokio::time::timeout(Duration::from_secs(5), core.coordinate(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(command.state, CommandState::Admitted, "no timer task here: still open");
+}
+
+/// A command that closed while queued is not pushed; a new Heartbeat stream gets every
+/// command still open (at least once), already DELIVERED ones again.
+#[tokio::test]
+async fn heartbeat_pushes_open_commands_only() {
+    let core = core();
+    session(&core, "sup", SessionKind::Supervisor).await;
+    session(&core, "agent-1", SessionKind::Agent).await;
+    core.start_task(new_task("t")).await.unwrap();
+    let closed = core
+        .coordinate(coordinate("t", "sup", CommandAction::Custom))
+        .await
+        .unwrap();
+    let mut query = coordinate("t", "sup", CommandAction::Query);
+    query.data = Some(map(json!({"question": "ETA?"})));
+    let open = core.coordinate(query).await.unwrap();
+    core.acknowledge_command(&closed.id, CommandState::Applied, None, None)
+        .await
+        .unwrap();
+    let mut first = core.heartbeat("agent-1").unwrap();
+    let mut delivered = Vec::new();
+    while let Ok(Some(Push::Command(c))) = tokio::time::timeout(Duration::from_millis(50), first.next()).await {
+        if let Some(now) = core.command_delivered(&c.id).await.unwrap() {
+            delivered.push(now.id);
+        }
+    }
+    assert_eq!(delivered, vec![open.id.clone()]);
+    assert_eq!(core.command(&open.id).unwrap().state, CommandState::Delivered);
+    // A second stream (a reconnecting agent) gets it again; the first is taken over.
+    let mut second = core.heartbeat("agent-1").unwrap();
+    assert!(matches!(first.next().await, Some(Push::Notice(Notice::TakenOver))));
+    assert!(matches!(second.next().await, Some(Push::Command(c)) if c.id == open.id));
+}

@@ -114,6 +114,7 @@ pub(crate) fn event_type(kind: EventType) -> pb::EventType {
         EventType::TaskOrphaned => P::TaskOrphaned,
         EventType::TaskSnapshot => P::TaskSnapshot,
         EventType::StreamReset => P::StreamReset,
+        EventType::TaskRecovered => P::TaskRecovered,
     }
 }
 
@@ -391,6 +392,7 @@ pub(crate) fn event_type_from(field: &str, value: i32) -> Result<EventType, Core
         P::TaskOrphaned => EventType::TaskOrphaned,
         P::TaskSnapshot => EventType::TaskSnapshot,
         P::StreamReset => EventType::StreamReset,
+        P::TaskRecovered => EventType::TaskRecovered,
     })
 }
 

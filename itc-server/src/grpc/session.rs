@@ -69,8 +69,12 @@ impl SessionService for SessionApi {
             Some(Err(status)) => return Err(status),
             None => return Err(CoreError::invalid("session_id", "send a first ping naming the session").into()),
         };
+        // Check the first ping before opening: a faulty stream must not take over a good one.
+        for id in &first.task_ids {
+            crate::core::validate_id("task_ids", id)?;
+        }
         let heartbeat = self.core.heartbeat(&first.session_id)?;
-        let lease = heartbeat.ping(&first.task_ids)?;
+        let lease = heartbeat.ping(&first.task_ids).await?;
         let state = Beat {
             core: self.core.clone(),
             heartbeat,
@@ -121,7 +125,7 @@ impl Beat {
                                 "every ping of a Heartbeat stream must name the same session",
                             ).into()));
                         }
-                        return Some(self.heartbeat.ping(&ping.task_ids).map(renewed).map_err(Status::from));
+                        return Some(self.heartbeat.ping(&ping.task_ids).await.map(renewed).map_err(Status::from));
                     }
                     Some(Err(status)) => {
                         tracing::debug!(%status, "heartbeat stream broke");
@@ -130,26 +134,26 @@ impl Beat {
                     None => self.inbound = None,
                 },
                 push = self.heartbeat.next() => {
-                    let push = push?;
-                    return Some(Ok(self.respond(push).await));
+                    if let Some(response) = self.respond(push?).await {
+                        return Some(Ok(response));
+                    }
                 }
             }
         }
     }
 
-    async fn respond(&mut self, push: Push) -> pb::HeartbeatResponse {
+    /// The message for a push; `None` for a command that closed while it was queued.
+    async fn respond(&mut self, push: Push) -> Option<pb::HeartbeatResponse> {
         use pb::heartbeat_response::Message;
         let message = match push {
-            Push::Command(command) => {
-                if let Err(e) = self.core.command_delivered(&command.id).await {
+            Push::Command(queued) => match self.core.command_delivered(&queued.id).await {
+                Ok(Some(command)) => Message::Command(convert::command(&command)),
+                Ok(None) => return None,
+                Err(e) => {
                     tracing::debug!(error = %e, "could not mark a command delivered");
+                    return None;
                 }
-                let mut command = command;
-                if command.state == crate::core::CommandState::Admitted {
-                    command.state = crate::core::CommandState::Delivered;
-                }
-                Message::Command(convert::command(&command))
-            }
+            },
             Push::Input(input) => Message::Input(convert::input(&input)),
             Push::Notice(notice) => {
                 self.ended = true;
@@ -171,7 +175,7 @@ impl Beat {
                 })
             }
         };
-        pb::HeartbeatResponse { message: Some(message) }
+        Some(pb::HeartbeatResponse { message: Some(message) })
     }
 }
 
