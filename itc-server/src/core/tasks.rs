@@ -368,6 +368,15 @@ impl State {
             _ => self.counters.tasks_cancelled += 1,
         }
         for input in cancelled_inputs {
+            // Each cancelled question is recorded, so that whoever would answer it knows.
+            if let Some(task) = self.task_by_id(task_id).cloned() {
+                tx.event(
+                    EventType::InputProvided,
+                    &task,
+                    EventDetail::Input(Box::new(input.clone())),
+                    None,
+                );
+            }
             self.input_index.remove(&input.id);
             self.keep_closed_input(input);
         }

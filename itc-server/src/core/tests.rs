@@ -748,3 +748,25 @@ async fn heartbeat_pushes_open_commands_only() {
     assert!(matches!(first.next().await, Some(Push::Notice(Notice::TakenOver))));
     assert!(matches!(second.next().await, Some(Push::Command(c)) if c.id == open.id));
 }
+
+/// Open input requests of a task that finishes are cancelled, each with its event.
+#[tokio::test]
+async fn finishing_cancels_open_inputs_with_events() {
+    let core = core();
+    core.start_task(new_task("t")).await.unwrap();
+    let asked = core
+        .request_input(NewInput {
+            task_id: "t".into(),
+            prompt: "ok?".into(),
+            ..NewInput::default()
+        })
+        .await
+        .unwrap();
+    core.finish_task("t", Outcome::Cancelled(None)).await.unwrap();
+    assert_eq!(core.input(&asked.id).unwrap().state, InputState::Cancelled);
+    let last = core.store().read_events(core.head_seq() - 1, 1).unwrap();
+    assert!(
+        matches!(&last[0].detail, EventDetail::Input(i) if i.id == asked.id && i.state == InputState::Cancelled),
+        "{last:?}"
+    );
+}
