@@ -81,8 +81,8 @@ log "generating Python stubs from proto/itc/v1/*.proto"
 FIFO="$WORK/stdout.fifo"
 mkfifo "$FIFO"
 exec 3<>"$FIFO"
-log "starting $SERVER_BIN --listen 127.0.0.1:0"
-"$SERVER_BIN" --listen 127.0.0.1:0 >&3 2>"$SERVER_LOG" &
+log "starting $SERVER_BIN --listen 127.0.0.1:0 --data-dir $WORK/data"
+"$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$WORK/data" >&3 2>"$SERVER_LOG" &
 SERVER_PID=$!
 
 FIRST_LINE=""

@@ -77,8 +77,8 @@ command -v python3 >/dev/null || fail "python3 not found"
 FIFO="$WORK/stdout.fifo"
 mkfifo "$FIFO"
 exec 3<>"$FIFO"
-log "starting $SERVER_BIN --listen 127.0.0.1:0"
-"$SERVER_BIN" --listen 127.0.0.1:0 >&3 2>"$SERVER_LOG" &
+log "starting $SERVER_BIN --listen 127.0.0.1:0 --data-dir $WORK/data"
+"$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$WORK/data" >&3 2>"$SERVER_LOG" &
 SERVER_PID=$!
 
 FIRST_LINE=""

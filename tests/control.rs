@@ -283,7 +283,7 @@ async fn connect_disconnect_and_limits() {
     let server = TestServer::start_with(Settings {
         max_concurrent_coordinators: 2,
         max_concurrent_agents: 3,
-        ..Settings::default()
+        ..common::memory()
     })
     .await;
     let itc = Itc::new(&server).await;
@@ -563,7 +563,7 @@ async fn stalled_task_is_flagged() {
 async fn locks_with_fencing_tokens() {
     let server = TestServer::start_with(Settings {
         coordination_timeout: Duration::from_millis(400),
-        ..Settings::default()
+        ..common::memory()
     })
     .await;
     let itc = Itc::new(&server).await;
@@ -716,7 +716,7 @@ async fn coordinate_lock_version_and_idempotency() {
 async fn coordination_disabled() {
     let server = TestServer::start_with(Settings {
         enable_agent_coordination: false,
-        ..Settings::default()
+        ..common::memory()
     })
     .await;
     let itc = Itc::new(&server).await;
@@ -764,7 +764,7 @@ async fn capabilities_are_enforced() {
 async fn command_lifecycle_and_push() {
     let server = TestServer::start_with(Settings {
         coordination_timeout: Duration::from_millis(500),
-        ..Settings::default()
+        ..common::memory()
     })
     .await;
     let itc = Itc::new(&server).await;

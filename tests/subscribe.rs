@@ -70,7 +70,7 @@ async fn open(channel: &Channel, request: pb::SubscribeRequest) -> (Events, pb::
 fn settings() -> Settings {
     Settings {
         stream_interval: Duration::from_millis(100),
-        ..Settings::default()
+        ..common::memory()
     }
 }
 
@@ -420,7 +420,7 @@ async fn stream_end_at_max_duration() {
     let server = TestServer::start_with(Settings {
         stream_interval: Duration::from_millis(50),
         max_stream_duration: Duration::from_millis(300),
-        ..Settings::default()
+        ..common::memory()
     })
     .await;
     let client = server.client().await;
@@ -448,7 +448,7 @@ async fn stream_end_at_max_duration() {
 async fn streaming_disabled_is_unavailable() {
     let server = TestServer::start_with(Settings {
         enable_streaming: false,
-        ..Settings::default()
+        ..common::memory()
     })
     .await;
     let channel = server.channel().await;

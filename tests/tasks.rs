@@ -152,7 +152,7 @@ fn ids(page: &pb::GetStatusResponse) -> Vec<&str> {
 async fn bad_input_gets_precise_codes_and_changes_nothing() {
     let settings = itc_server::config::Settings {
         max_payload_bytes: 1024,
-        ..Default::default()
+        ..common::memory()
     };
     let server = TestServer::start_with(settings).await;
     let client = server.client().await;

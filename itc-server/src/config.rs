@@ -81,6 +81,15 @@ pub struct Settings {
     pub subscriber_buffer: usize,
     /// On shutdown, how long in-flight calls may take before the server exits anyway.
     pub shutdown_grace: Duration,
+    /// Where the embedded store keeps its database.
+    pub data_dir: PathBuf,
+    /// Keep everything in memory (nothing survives a restart) instead of `data_dir`.
+    pub in_memory: bool,
+    /// How hard each group commit syncs to disk.
+    pub sync: crate::store::SyncLevel,
+    /// After a restart, live tasks whose agent has not reconnected within this are
+    /// flagged ORPHANED.
+    pub orphan_grace: Duration,
 }
 
 impl Default for Settings {
@@ -104,6 +113,10 @@ impl Default for Settings {
             event_buffer: 65_536,
             subscriber_buffer: 256,
             shutdown_grace: Duration::from_secs(10),
+            data_dir: PathBuf::from("itc-data"),
+            in_memory: false,
+            sync: crate::store::SyncLevel::Full,
+            orphan_grace: Duration::from_secs(30),
         }
     }
 }
@@ -132,6 +145,10 @@ pub struct Overrides {
     pub event_buffer: Option<i64>,
     pub subscriber_buffer: Option<i64>,
     pub shutdown_grace: Option<Seconds>,
+    pub data_dir: Option<PathBuf>,
+    pub in_memory: Option<bool>,
+    pub sync: Option<crate::store::SyncLevel>,
+    pub orphan_grace: Option<Seconds>,
 }
 
 /// A duration as written in a config: a number of seconds (`0.5`, `3600`) or a
@@ -212,6 +229,10 @@ impl Overrides {
             event_buffer,
             subscriber_buffer,
             shutdown_grace,
+            data_dir,
+            in_memory,
+            sync,
+            orphan_grace,
         )
     }
 
@@ -256,6 +277,10 @@ impl Overrides {
             event_buffer: count(self.event_buffer, "event_buffer", d.event_buffer)?,
             subscriber_buffer: count(self.subscriber_buffer, "subscriber_buffer", d.subscriber_buffer)?,
             shutdown_grace: dur(self.shutdown_grace, "shutdown_grace", d.shutdown_grace)?,
+            data_dir: self.data_dir.unwrap_or(d.data_dir),
+            in_memory: self.in_memory.unwrap_or(d.in_memory),
+            sync: self.sync.unwrap_or(d.sync),
+            orphan_grace: dur(self.orphan_grace, "orphan_grace", d.orphan_grace)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -291,6 +316,7 @@ impl Settings {
             ("session_ttl", self.session_ttl),
             ("stall_timeout", self.stall_timeout),
             ("event_retention_age", self.event_retention_age),
+            ("orphan_grace", self.orphan_grace),
         ];
         for (setting, value) in positive {
             if value.is_zero() {
@@ -355,7 +381,14 @@ impl fmt::Display for Settings {
         writeln!(f, "event_retention_age = {}", d(self.event_retention_age))?;
         writeln!(f, "event_buffer = {}", self.event_buffer)?;
         writeln!(f, "subscriber_buffer = {}", self.subscriber_buffer)?;
-        write!(f, "shutdown_grace = {}", d(self.shutdown_grace))
+        writeln!(f, "shutdown_grace = {}", d(self.shutdown_grace))?;
+        if self.in_memory {
+            writeln!(f, "in_memory = true (nothing survives a restart)")?;
+        } else {
+            writeln!(f, "data_dir = {}", self.data_dir.display())?;
+        }
+        writeln!(f, "sync = {:?}", self.sync)?;
+        write!(f, "orphan_grace = {}", d(self.orphan_grace))
     }
 }
 

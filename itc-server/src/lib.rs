@@ -40,7 +40,7 @@ pub mod store;
 
 use config::Settings;
 use core::{Core, CoreConfig};
-use store::{MemoryStore, Store};
+use store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub enum ServeError {
     /// The core could not start (its store failed to recover).
     #[error("cannot start: {0}")]
     Core(#[from] error::CoreError),
+    /// The store could not be opened (unusable data dir, newer schema, corruption…).
+    #[error("cannot open the store: {0}")]
+    Store(store::StoreError),
     /// Reflection could not load the descriptor sets (a build problem).
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -73,12 +76,29 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(
-        settings.event_retention_count,
-        settings.event_retention_age,
-    ));
+    let store = open_store(&settings)?;
     let core = Core::open(CoreConfig::from_settings(&settings), store)?;
     serve_core(listener, settings, core, shutdown).await
+}
+
+/// The store the settings ask for: SQLite in `data_dir` (the default) or memory.
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServeError> {
+    if settings.in_memory {
+        return Ok(Arc::new(MemoryStore::new(
+            settings.event_retention_count,
+            settings.event_retention_age,
+        )));
+    }
+    let store = SqliteStore::open(SqliteOptions {
+        data_dir: settings.data_dir.clone(),
+        sync: settings.sync,
+        retention_count: settings.event_retention_count,
+        retention_age: settings.event_retention_age,
+        group_commit: true,
+    })
+    .map_err(ServeError::Store)?;
+    tracing::info!(path = %store.path().display(), "embedded store open");
+    Ok(Arc::new(store))
 }
 
 /// As [`serve`], over an existing core (tests that look inside, embedding).
@@ -163,6 +183,9 @@ pub async fn serve_core(
         result = server => result?,
         () = deadline => tracing::warn!(?grace, "in-flight calls still open after the shutdown grace; exiting anyway"),
     }
+    // Everything acknowledged is durable already; this lets queued batches finish.
+    let store = core.store().clone();
+    let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -155,6 +155,29 @@ struct Args {
     #[arg(long, env = "ITC_SUBSCRIBER_BUFFER", value_name = "N", allow_negative_numbers = true)]
     subscriber_buffer: Option<i64>,
 
+    /// Directory of the embedded database [default: ./itc-data].
+    #[arg(long, env = "ITC_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Keep everything in memory: nothing survives a restart [default: false].
+    #[arg(long, env = "ITC_IN_MEMORY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    in_memory: Option<bool>,
+
+    /// Disk sync per group commit: full (survives power loss), normal (survives a crash of
+    /// the process), off [default: full].
+    #[arg(long, env = "ITC_SYNC", value_name = "LEVEL")]
+    sync: Option<itc_server::store::SyncLevel>,
+
+    /// After a restart, live tasks whose agent has not reconnected within this are flagged
+    /// ORPHANED [default: 30].
+    #[arg(
+        long,
+        env = "ITC_ORPHAN_GRACE",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
+    orphan_grace: Option<Seconds>,
+
     /// How long in-flight calls may run on after a shutdown signal [default: 10].
     #[arg(
         long,
@@ -186,6 +209,10 @@ impl Args {
             event_buffer: self.event_buffer,
             subscriber_buffer: self.subscriber_buffer,
             shutdown_grace: self.shutdown_grace.clone(),
+            data_dir: self.data_dir.clone(),
+            in_memory: self.in_memory,
+            sync: self.sync,
+            orphan_grace: self.orphan_grace.clone(),
         }
     }
 }

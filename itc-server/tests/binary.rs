@@ -16,6 +16,8 @@ fn server() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        // Never the working directory's ./itc-data: each run its own, or none.
+        .env("ITC_IN_MEMORY", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

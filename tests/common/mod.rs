@@ -20,9 +20,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with default settings.
+    /// Starts a server with default settings, in memory.
     pub async fn start() -> Self {
-        Self::start_with(Settings::default()).await
+        Self::start_with(memory()).await
     }
 
     /// Starts a server with `settings` (its `listen` is ignored: it binds 127.0.0.1:0).
@@ -80,6 +80,15 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.signal_shutdown();
+    }
+}
+
+/// Default settings with the in-memory store (tests that want the durable one set a
+/// temporary `data_dir`).
+pub fn memory() -> Settings {
+    Settings {
+        in_memory: true,
+        ..Settings::default()
     }
 }
 

@@ -71,6 +71,9 @@ pub struct CoreConfig {
     pub max_concurrent_agents: u32,
     /// Default session lease.
     pub session_ttl: Duration,
+    /// After a restart, how long agents have to reconnect before their live tasks are
+    /// flagged ORPHANED.
+    pub orphan_grace: Duration,
 }
 
 impl Default for CoreConfig {
@@ -96,6 +99,7 @@ impl CoreConfig {
             max_concurrent_coordinators: s.max_concurrent_coordinators,
             max_concurrent_agents: s.max_concurrent_agents,
             session_ttl: s.session_ttl,
+            orphan_grace: s.orphan_grace,
         }
     }
 }
@@ -207,6 +211,8 @@ struct State {
     interactions: u64,
     /// Finished tasks kept queryable (`max_finished_tasks`).
     max_finished: usize,
+    /// When this process recovered the store's tasks.
+    recovered_at: Option<tokio::time::Instant>,
 }
 
 /// The changes of one operation, gathered before they are applied to the store.
@@ -270,9 +276,45 @@ impl Core {
             ..State::default()
         };
         let mut finished: Vec<(SystemTime, u64)> = Vec::new();
-        for task in recovered.tasks {
+        let now = tokio::time::Instant::now();
+        let wall = SystemTime::now();
+        state.recovered_at = Some(now);
+        // A deadline kept as wall-clock time, as an instant of this process.
+        let at = |deadline: SystemTime| now + deadline.duration_since(wall).unwrap_or(Duration::ZERO);
+        for mut task in recovered.tasks {
             if let Some(done) = task.finish_time {
                 finished.push((done, task.create_seq));
+            }
+            // Locks are not durable by design: their holders reconnect and acquire again.
+            task.lock = None;
+            for command in &task.open_commands {
+                state.command_index.insert(command.id.clone(), task.id.clone());
+                state
+                    .timers
+                    .insert((at(command.deadline), timers::Timer::Command(command.id.clone())));
+                if let Some(key) = &command.idempotency_key {
+                    state
+                        .idempotency
+                        .insert((command.coordinator_id.clone(), key.clone()), command.id.clone());
+                }
+            }
+            for input in &task.open_inputs {
+                state.input_index.insert(input.id.clone(), task.id.clone());
+                if let Some(deadline) = input.deadline {
+                    state
+                        .timers
+                        .insert((at(deadline), timers::Timer::Input(input.id.clone())));
+                }
+            }
+            if task.is_live() {
+                // Agents get `orphan_grace` to come back before their tasks are flagged.
+                state.activity.insert(task.id.clone(), now);
+                state
+                    .timers
+                    .insert((now + task.stall_timeout, timers::Timer::Stall(task.id.clone())));
+                state
+                    .timers
+                    .insert((now + config.orphan_grace, timers::Timer::Orphan(task.id.clone())));
             }
             state.ids.insert(task.id.clone(), task.create_seq);
             state.tasks.insert(task.create_seq, Arc::new(task));

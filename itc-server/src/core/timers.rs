@@ -24,6 +24,8 @@ pub(crate) enum Timer {
     Input(String),
     /// A task's stall check.
     Stall(String),
+    /// After a restart: flag the task ORPHANED unless its agent came back.
+    Orphan(String),
 }
 
 impl State {
@@ -59,6 +61,36 @@ impl State {
             Timer::Command(id) => self.time_out_command(tx, &id, now),
             Timer::Input(id) => self.expire_input(tx, &id, now),
             Timer::Stall(task_id) => self.check_stall(tx, &task_id, now),
+            Timer::Orphan(task_id) => self.orphan_unless_back(tx, &task_id),
+        }
+    }
+
+    /// A live task whose agent has no session (after a restart's grace) is ORPHANED.
+    fn orphan_unless_back(&mut self, tx: &mut Tx, task_id: &str) {
+        let Some(agent) = self
+            .task_by_id(task_id)
+            .filter(|t| t.is_live() && !t.orphaned)
+            .map(|t| t.agent_id.clone())
+        else {
+            return;
+        };
+        // Back: connected, or reported on the task since the restart.
+        let reported = self
+            .activity
+            .get(task_id)
+            .zip(self.recovered_at)
+            .is_some_and(|(last, recovered)| *last > recovered);
+        if self.sessions.contains_key(&agent) || reported {
+            return;
+        }
+        if let Some(task) = self.task_mut(task_id) {
+            task.orphaned = true;
+            task.version += 1;
+            task.update_time = tx.time;
+            let snapshot = Box::new(task.clone());
+            tx.event(EventType::TaskOrphaned, task, EventDetail::Task(snapshot), None);
+            let task = std::sync::Arc::new(task.clone());
+            tx.batch.upserts.push(task);
         }
     }
 

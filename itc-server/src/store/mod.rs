@@ -3,9 +3,10 @@
 //! The core owns the working state in memory and hands every change to the store as a
 //! [`Batch`], in the order the changes happened (it calls [`Store::commit`] while still
 //! holding its own lock, so batches arrive in seq order). A call is acknowledged to its
-//! client only once the batch's [`Commit`] resolves. Implementations: [`MemoryStore`]
-//! (nothing survives the process; it retains the event log for replay). A durable,
-//! embedded store is the next implementation (DESIGN §5.7, §8).
+//! client only once the batch's [`Commit`] resolves. Implementations: [`SqliteStore`]
+//! (the default: embedded, durable, group-committed) and [`MemoryStore`] (nothing
+//! survives the process; it retains the event log for replay). A networked backend is
+//! another implementation of the same trait (DESIGN §8).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +15,10 @@ use std::sync::Arc;
 use crate::core::{Event, Task};
 
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore, SyncLevel};
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -68,4 +71,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The oldest retained seq (head + 1 when the log is empty).
     fn oldest_seq(&self) -> u64;
+
+    /// Finishes every queued batch and stops taking new ones (at shutdown). Blocks.
+    fn flush(&self) {}
 }

@@ -1,0 +1,486 @@
+//! The embedded, durable store: SQLite (bundled) in WAL mode, with group commit.
+//!
+//! One writer thread owns the write connection. It takes the first batch waiting, then
+//! every batch that arrived meanwhile, writes them all in one transaction, commits (one
+//! disk sync for the lot), and only then acknowledges each. Batches are written in the
+//! order they were queued, which is seq order (the core queues them under its lock).
+//! Reads (replay of old events) use a second connection: WAL lets them run beside the
+//! writer.
+//!
+//! Layout: `tasks(id, create_seq, body)` and `events(seq, time_ms, body)`, bodies as JSON
+//! of the core's types; the schema version is SQLite's `user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, params};
+use tokio::sync::oneshot;
+
+use super::{Batch, Commit, Recovered, Store, StoreError};
+use crate::core::{Event, Task};
+
+/// The schema this build writes. A data dir with a newer one is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The most batches one transaction takes.
+const MAX_GROUP: usize = 4096;
+
+/// How hard a commit syncs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncLevel {
+    /// Every commit is synced before it is acknowledged: survives power loss (default).
+    #[default]
+    Full,
+    /// WAL `synchronous=NORMAL`: survives a crash of the process (`kill -9`), not a
+    /// power loss of the machine.
+    Normal,
+    /// No sync at all: for benchmarks and throwaway data.
+    Off,
+}
+
+impl std::str::FromStr for SyncLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(SyncLevel::Full),
+            "normal" => Ok(SyncLevel::Normal),
+            "off" => Ok(SyncLevel::Off),
+            other => Err(format!("{other:?} is not a sync level (full, normal, off)")),
+        }
+    }
+}
+
+impl SyncLevel {
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncLevel::Full => "FULL",
+            SyncLevel::Normal => "NORMAL",
+            SyncLevel::Off => "OFF",
+        }
+    }
+}
+
+/// Options of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Directory of the database (created if missing).
+    pub data_dir: PathBuf,
+    /// Disk sync per commit.
+    pub sync: SyncLevel,
+    /// Events kept, by count.
+    pub retention_count: usize,
+    /// Events kept, by age.
+    pub retention_age: Duration,
+    /// Group commit: batch what arrives while a commit runs (false: one commit per
+    /// batch, for comparison in benchmarks).
+    pub group_commit: bool,
+}
+
+type Job = (Batch, oneshot::Sender<Result<(), StoreError>>);
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    reader: Mutex<Connection>,
+    /// The newest seq written.
+    head: Arc<AtomicU64>,
+    /// The oldest seq retained.
+    oldest: Arc<AtomicU64>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {e}"))
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `options.data_dir`: checks the schema version,
+    /// migrates an older one, and starts the writer.
+    pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| backend(&format!("cannot create data dir {}", options.data_dir.display()), e))?;
+        let path = options.data_dir.join("itc.sqlite3");
+        let mut writer = Connection::open(&path).map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
+        configure(&writer, options.sync).map_err(|e| refuse(&path, e))?;
+        migrate(&mut writer, &path)?;
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| backend(&format!("cannot open {} for reading", path.display()), e))?;
+        reader
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| backend("busy timeout", e))?;
+        let (head, oldest) = bounds(&writer).map_err(|e| refuse(&path, e))?;
+        let head = Arc::new(AtomicU64::new(head));
+        let oldest = Arc::new(AtomicU64::new(oldest));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker = Writer {
+            conn: writer,
+            head: head.clone(),
+            oldest: oldest.clone(),
+            retention_count: options.retention_count.max(1) as u64,
+            retention_age: options.retention_age,
+            group: options.group_commit,
+        };
+        let thread = std::thread::Builder::new()
+            .name("itc-store-writer".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| backend("cannot start the writer thread", e))?;
+        Ok(Self {
+            path,
+            jobs: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            head,
+            oldest,
+            writer: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A data dir that cannot be used, with what to do about it.
+fn refuse(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!(
+        "{} is not a usable ITC database ({e}); move it away or point --data-dir elsewhere",
+        path.display()
+    ))
+}
+
+fn configure(conn: &Connection, sync: SyncLevel) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, not wal"
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={}; PRAGMA foreign_keys=OFF;",
+        sync.pragma()
+    ))?;
+    // Reads the whole database once: a corrupt file fails here, at start.
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "integrity check failed: {check}"
+        )));
+    }
+    Ok(())
+}
+
+/// Versioned migrations: each step moves `user_version` up by one, in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| refuse(path, e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "{} was written by a newer ITC (schema version {version}; this build knows up to {SCHEMA_VERSION}); \
+             upgrade itc-server or use another --data-dir",
+            path.display()
+        )));
+    }
+    const STEPS: [&str; 1] = ["CREATE TABLE tasks (
+             id TEXT PRIMARY KEY,
+             create_seq INTEGER NOT NULL,
+             body BLOB NOT NULL
+         );
+         CREATE TABLE events (
+             seq INTEGER PRIMARY KEY,
+             time_ms INTEGER NOT NULL,
+             body BLOB NOT NULL
+         );
+         CREATE INDEX events_time ON events (time_ms);"];
+    for (step, sql) in STEPS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        let to = step as i64 + 1;
+        let tx = conn.transaction().map_err(|e| backend("migration", e))?;
+        tx.execute_batch(sql)
+            .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {to}")))
+            .map_err(|e| backend(&format!("migration to schema {to}"), e))?;
+        tx.commit()
+            .map_err(|e| backend(&format!("migration to schema {to}"), e))?;
+    }
+    Ok(())
+}
+
+/// The newest and oldest seq in the log. Retention never deletes the newest event, so
+/// the head survives a restart even when everything older was trimmed.
+fn bounds(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    let (min, max): (Option<i64>, Option<i64>) = conn.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    let head = max.map_or(0, |m| m as u64);
+    let oldest = min.map_or(head + 1, |m| m as u64);
+    Ok((head, oldest))
+}
+
+struct Writer {
+    conn: Connection,
+    head: Arc<AtomicU64>,
+    oldest: Arc<AtomicU64>,
+    retention_count: u64,
+    retention_age: Duration,
+    group: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            if self.group {
+                while jobs.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let result = self.write(&jobs);
+            for (_, done) in jobs {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    fn write(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| backend("begin", e))?;
+        let mut head = self.head.load(Ordering::Acquire);
+        {
+            let mut upsert = tx
+                .prepare_cached("INSERT INTO tasks (id, create_seq, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET body = excluded.body")
+                .map_err(|e| backend("prepare", e))?;
+            let mut remove = tx
+                .prepare_cached("DELETE FROM tasks WHERE id = ?1")
+                .map_err(|e| backend("prepare", e))?;
+            let mut append = tx
+                .prepare_cached("INSERT INTO events (seq, time_ms, body) VALUES (?1, ?2, ?3)")
+                .map_err(|e| backend("prepare", e))?;
+            for (batch, _) in jobs {
+                for event in &batch.events {
+                    if event.seq != head + 1 {
+                        return Err(StoreError::Backend(format!(
+                            "event seq {} does not follow head {head}",
+                            event.seq
+                        )));
+                    }
+                    let body = serde_json::to_vec(&**event).map_err(|e| backend("encode event", e))?;
+                    append
+                        .execute(params![event.seq as i64, millis(event.time), body])
+                        .map_err(|e| backend("append event", e))?;
+                    head = event.seq;
+                }
+                for task in &batch.upserts {
+                    let body = serde_json::to_vec(&**task).map_err(|e| backend("encode task", e))?;
+                    upsert
+                        .execute(params![task.id, task.create_seq as i64, body])
+                        .map_err(|e| backend("write task", e))?;
+                }
+                for id in &batch.removals {
+                    remove.execute(params![id]).map_err(|e| backend("forget task", e))?;
+                }
+            }
+        }
+        // Retention: by count, then by age.
+        let by_count = head.saturating_sub(self.retention_count);
+        let cutoff = SystemTime::now().checked_sub(self.retention_age).map_or(0, millis);
+        tx.execute(
+            "DELETE FROM events WHERE seq <= ?1 OR (time_ms < ?2 AND seq < ?3)",
+            params![by_count as i64, cutoff, head as i64],
+        )
+        .map_err(|e| backend("retention", e))?;
+        let oldest: Option<i64> = tx
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .map_err(|e| backend("retention", e))?;
+        tx.commit().map_err(|e| backend("commit", e))?;
+        self.head.store(head, Ordering::Release);
+        self.oldest
+            .store(oldest.map_or(head + 1, |o| o as u64), Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut statement = reader
+            .prepare("SELECT body FROM tasks ORDER BY create_seq")
+            .map_err(|e| refuse(&self.path, e))?;
+        let rows = statement
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| refuse(&self.path, e))?;
+        let mut tasks = Vec::new();
+        for row in rows {
+            let body = row.map_err(|e| refuse(&self.path, e))?;
+            let task: Task =
+                serde_json::from_slice(&body).map_err(|e| refuse(&self.path, format!("a task row: {e}")))?;
+            tasks.push(task);
+        }
+        Ok(Recovered {
+            tasks,
+            head_seq: self.head.load(Ordering::Acquire),
+        })
+    }
+
+    fn commit(&self, batch: Batch) -> Commit {
+        let (done, wait) = oneshot::channel();
+        let queued = self
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|jobs| jobs.send((batch, done)).is_ok())
+            .unwrap_or(false);
+        Box::pin(async move {
+            if !queued {
+                return Err(StoreError::Closed);
+            }
+            wait.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut statement = reader
+            .prepare_cached("SELECT body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(|e| backend("read events", e))?;
+        let rows = statement
+            .query_map(params![after_seq as i64, limit as i64], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| backend("read events", e))?;
+        let mut events = Vec::with_capacity(limit.min(1024));
+        for row in rows {
+            let body = row.map_err(|e| backend("read events", e))?;
+            let event: Event = serde_json::from_slice(&body).map_err(|e| backend("decode event", e))?;
+            events.push(Arc::new(event));
+        }
+        Ok(events)
+    }
+
+    fn oldest_seq(&self) -> u64 {
+        self.oldest.load(Ordering::Acquire)
+    }
+
+    fn flush(&self) {
+        // Closing the queue lets the writer finish what was queued, then stop.
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::core::{EventDetail, EventType};
+
+    fn options(dir: &Path) -> SqliteOptions {
+        SqliteOptions {
+            data_dir: dir.to_owned(),
+            sync: SyncLevel::Normal,
+            retention_count: 1000,
+            retention_age: Duration::from_secs(3600),
+            group_commit: true,
+        }
+    }
+
+    fn event(seq: u64) -> Arc<Event> {
+        Arc::new(Event {
+            seq,
+            kind: EventType::RealTimeUpdate,
+            time: SystemTime::now(),
+            task_id: Some("t".into()),
+            agent_id: None,
+            coordinator_id: None,
+            caused_by: None,
+            data: None,
+            task_version: seq,
+            task_status: None,
+            detail: EventDetail::None,
+        })
+    }
+
+    /// Events written survive reopening; the head continues; retention by count trims the
+    /// oldest but never the newest.
+    #[tokio::test]
+    async fn reopen_keeps_the_log_and_trims_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(SqliteOptions {
+                retention_count: 5,
+                ..options(dir.path())
+            })
+            .unwrap();
+            for seq in 1..=12 {
+                let batch = Batch {
+                    events: vec![event(seq)],
+                    ..Batch::default()
+                };
+                store.commit(batch).await.unwrap();
+            }
+            assert_eq!(store.oldest_seq(), 8);
+        }
+        let store = SqliteStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 12);
+        assert_eq!(store.oldest_seq(), 8);
+        let seqs: Vec<u64> = store.read_events(9, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![10, 11, 12]);
+        // A gap is refused, and nothing of that batch is written.
+        let gap = Batch {
+            events: vec![event(14)],
+            ..Batch::default()
+        };
+        assert!(store.commit(gap).await.is_err());
+        assert_eq!(store.recover().unwrap().head_seq, 12);
+    }
+
+    /// A data dir written by a newer schema is refused with a message saying so.
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(options(dir.path())).unwrap());
+        let conn = Connection::open(dir.path().join("itc.sqlite3")).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("newer ITC") && err.contains("99"), "{err}");
+    }
+
+    /// A corrupt database file is refused with a clear message.
+    #[test]
+    fn corrupt_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("itc.sqlite3"), vec![0x5a_u8; 8192]).unwrap();
+        let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("not a usable ITC database"), "{err}");
+    }
+}
