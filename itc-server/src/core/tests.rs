@@ -770,3 +770,49 @@ async fn finishing_cancels_open_inputs_with_events() {
         "{last:?}"
     );
 }
+
+/// After a restart on a durable store, a live task whose agent neither reconnects nor
+/// reports within `orphan_grace` is flagged ORPHANED; one whose agent reports is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_orphans_tasks_of_agents_that_do_not_come_back() {
+    use crate::store::{SqliteOptions, SqliteStore, SyncLevel};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || -> Arc<dyn Store> {
+        Arc::new(
+            SqliteStore::open(SqliteOptions {
+                data_dir: dir.path().to_owned(),
+                sync: SyncLevel::Normal,
+                retention_count: 1000,
+                retention_age: Duration::from_secs(3600),
+                group_commit: true,
+            })
+            .unwrap(),
+        )
+    };
+    let config = CoreConfig {
+        orphan_grace: Duration::from_millis(200),
+        ..CoreConfig::default()
+    };
+    {
+        let core = Core::open(config.clone(), open()).unwrap();
+        core.start_task(new_task("gone")).await.unwrap();
+        let mut back = new_task("back");
+        back.agent_id = "agent-2".into();
+        core.start_task(back).await.unwrap();
+        core.store().flush();
+    }
+    let core = Core::open(config, open()).unwrap();
+    let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
+    tokio::spawn(core.clone().run_timers());
+    core.report_progress("back", 0.5, "still here".into()).await.unwrap();
+    let orphaned = loop {
+        match next_item(&mut sub).await {
+            StreamItem::Event(e) if e.kind == EventType::TaskOrphaned => break e,
+            _ => {}
+        }
+    };
+    assert_eq!(orphaned.task_id.as_deref(), Some("gone"));
+    assert!(core.task("gone").unwrap().orphaned);
+    assert!(!core.task("back").unwrap().orphaned);
+    core.close();
+}
