@@ -148,3 +148,138 @@ async fn restart_keeps_everything() {
     assert_eq!(next.seq, head + 1);
     assert_eq!(next.r#type(), pb::EventType::InputProvided);
 }
+
+/// After a restart: a finished command is still readable and its idempotency key still
+/// dedupes; an answered input is readable; the global interrupt holds; a resume point
+/// older than retention is OUT_OF_RANGE; locks are gone (not durable by design).
+#[tokio::test]
+async fn restart_keeps_closed_items_and_the_global_interrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || Settings {
+        event_retention_count: 5,
+        ..durable(dir.path())
+    };
+    let caps = pb::Capabilities {
+        interruption: true,
+        task_coordination: true,
+        ..Default::default()
+    };
+    let connect = |channel: tonic::transport::Channel| async move {
+        SessionServiceClient::new(channel)
+            .connect(pb::ConnectRequest {
+                session_id: "sup".into(),
+                kind: pb::SessionKind::Supervisor as i32,
+                capabilities: Some(caps),
+                lease_ttl: None,
+            })
+            .await
+            .unwrap();
+    };
+    let retry = pb::CoordinateRequest {
+        task_id: "t".into(),
+        coordinator_id: "sup".into(),
+        action: pb::CommandAction::Custom as i32,
+        idempotency_key: "once".into(),
+        ..Default::default()
+    };
+    let (command_id, input_id) = {
+        let server = TestServer::start_with(settings()).await;
+        let channel = server.channel().await;
+        let client = server.client().await;
+        client
+            .start_task(itc_client::StartTask::new("agent", "x").with_task_id("t"))
+            .await
+            .unwrap();
+        connect(channel.clone()).await;
+        let command = CoordinatorServiceClient::new(channel.clone())
+            .coordinate(retry.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .command
+            .unwrap();
+        AgentServiceClient::new(channel.clone())
+            .acknowledge_command(pb::AcknowledgeCommandRequest {
+                command_id: command.command_id.clone(),
+                outcome: pb::CommandState::Applied as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let input = AgentServiceClient::new(channel.clone())
+            .request_input(pb::RequestInputRequest {
+                task_id: "t".into(),
+                prompt: "ok?".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .input
+            .unwrap();
+        CoordinatorServiceClient::new(channel.clone())
+            .answer_input(pb::AnswerInputRequest {
+                request_id: input.request_id.clone(),
+                coordinator_id: "sup".into(),
+                answer: Some(json_to_value(&json!("yes"))),
+            })
+            .await
+            .unwrap();
+        CoordinatorServiceClient::new(channel.clone())
+            .acquire_lock(pb::AcquireLockRequest {
+                task_id: "t".into(),
+                coordinator_id: "sup".into(),
+                lease: None,
+            })
+            .await
+            .unwrap();
+        CoordinatorServiceClient::new(channel)
+            .interrupt_all(pb::InterruptAllRequest {
+                coordinator_id: "sup".into(),
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
+        server.stop().await.unwrap();
+        (command.command_id, input.request_id)
+    };
+
+    let server = TestServer::start_with(settings()).await;
+    let channel = server.channel().await;
+    let mut coord = CoordinatorServiceClient::new(channel.clone());
+    let command = coord
+        .get_command(pb::GetCommandRequest {
+            command_id: command_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .command
+        .unwrap();
+    assert_eq!(command.state(), pb::CommandState::Applied);
+    let input = MonitorServiceClient::new(channel.clone())
+        .get_input(pb::GetInputRequest { request_id: input_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .input
+        .unwrap();
+    assert_eq!(input.state(), pb::InputState::Answered);
+    let status = MonitorServiceClient::new(channel.clone())
+        .get_status(pb::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.global_interrupt);
+    assert!(status.tasks[0].lock.is_none(), "locks are not durable");
+    connect(channel.clone()).await;
+    let again = coord.coordinate(retry).await.unwrap().into_inner().command.unwrap();
+    assert_eq!(again.command_id, command_id, "the key still dedupes after a restart");
+    let old = MonitorServiceClient::new(channel)
+        .subscribe(pb::SubscribeRequest {
+            after_seq: Some(0),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(old.unwrap_err().code(), tonic::Code::OutOfRange);
+}

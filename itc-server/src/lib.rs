@@ -51,6 +51,9 @@ pub enum ServeError {
     /// The store could not be opened (unusable data dir, newer schema, corruption…).
     #[error("cannot open the store: {0}")]
     Store(store::StoreError),
+    /// A commit failed while serving: the server stopped; restart it to recover.
+    #[error("the store failed while serving (see the log); restart to recover from the data dir")]
+    StoreFailed,
     /// Reflection could not load the descriptor sets (a build problem).
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -147,8 +150,12 @@ pub async fn serve_core(
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_core = core.clone();
+    let failure_core = core.clone();
     let signal = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = failure_core.failure() => tracing::error!("the store failed: shutting down so that a restart recovers"),
+        }
         tracing::info!("shutting down: health NOT_SERVING, refusing new work, draining calls");
         health.set_service_status("", ServingStatus::NotServing).await;
         for name in SERVICE_NAMES {
@@ -187,5 +194,8 @@ pub async fn serve_core(
     let store = core.store().clone();
     let _ = tokio::task::spawn_blocking(move || store.flush()).await;
     tracing::info!("stopped");
+    if core.has_failed() {
+        return Err(ServeError::StoreFailed);
+    }
     Ok(())
 }

@@ -161,3 +161,60 @@ async fn busy_port_is_reported() {
         "{stderr}"
     );
 }
+
+/// A data dir written by a newer schema, or a corrupt one, or one in use by another
+/// server, stops the binary at start with exit code 2 and a message saying what to do;
+/// `--in-memory` writes no files.
+#[tokio::test]
+async fn unusable_data_dirs_are_refused_and_in_memory_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let db = data.join("itc.sqlite3");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.execute_batch("PRAGMA application_id = 1230258993; PRAGMA user_version = 99;")
+            .expect("newer schema");
+    }
+    let durable = |cmd: &mut Command| {
+        cmd.env_remove("ITC_IN_MEMORY");
+    };
+    let mut cmd = server();
+    durable(&mut cmd);
+    let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("newer ITC") && stderr.contains("upgrade itc-server"),
+        "{stderr}"
+    );
+
+    std::fs::write(&db, vec![7u8; 4096]).expect("corrupt it");
+    let mut cmd = server();
+    durable(&mut cmd);
+    let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not a usable ITC database"), "{stderr}");
+
+    // In use: a running server holds its data dir.
+    let fresh = dir.path().join("fresh");
+    let mut cmd = server();
+    durable(&mut cmd);
+    let (running, _) = start(cmd.arg("--data-dir").arg(&fresh).args(["--listen", "127.0.0.1:0"])).await;
+    let mut cmd = server();
+    durable(&mut cmd);
+    let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&fresh).args(["--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("in use by another itc-server"), "{stderr}");
+    let (code, _) = signal_and_wait(running, "-TERM").await;
+    assert_eq!(code, Some(0));
+
+    // --in-memory: nothing written in the working directory.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let mut cmd = server();
+    durable(&mut cmd);
+    let (child, _) = start(cmd.current_dir(&cwd).args(["--in-memory", "--listen", "127.0.0.1:0"])).await;
+    let (code, _) = signal_and_wait(child, "-TERM").await;
+    assert_eq!(code, Some(0));
+    assert_eq!(std::fs::read_dir(&cwd).expect("read dir").count(), 0, "no files");
+}

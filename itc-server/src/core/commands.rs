@@ -490,6 +490,7 @@ impl State {
         let task = Arc::new(task.clone());
         tx.batch.upserts.push(task);
         self.command_index.remove(command_id);
+        tx.batch.closed_commands.push(command.clone());
         self.closed_commands.insert(command_id.to_owned(), command.clone());
         self.closed_command_order.push_back(command_id.to_owned());
         while self.closed_command_order.len() > KEPT_CLOSED_COMMANDS {

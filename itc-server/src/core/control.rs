@@ -123,6 +123,9 @@ impl Core {
                 _ => state.counters.agent_queries += 1,
             }
             state.interactions += 1;
+            tx.batch
+                .meta
+                .push(("interactions", i64::try_from(state.interactions).unwrap_or(i64::MAX)));
             let mut data = JsonMap::new();
             data.insert("query".into(), query.clone().into());
             data.insert("requestor_kind".into(), format!("{kind:?}").into());
@@ -151,6 +154,7 @@ impl State {
         max_finished: usize,
     ) -> Vec<String> {
         self.global_interrupt = true;
+        tx.batch.meta.push(("global_interrupt", 1));
         let targets = self.tasks_in(&[TaskStatus::Running, TaskStatus::InputRequired]);
         self.command_each(
             tx,
@@ -171,6 +175,7 @@ impl State {
         max_finished: usize,
     ) -> Vec<String> {
         self.global_interrupt = false;
+        tx.batch.meta.push(("global_interrupt", 0));
         let targets = self.tasks_in(&[TaskStatus::Interrupted]);
         self.command_each(
             tx,

@@ -334,22 +334,35 @@ impl Hub {
         }
     }
 
-    /// Up to `max` visible events with seq ≥ `cursor`, from the ring or else the store.
-    pub(crate) fn read_log(&self, store: &dyn Store, cursor: u64, max: usize) -> Result<Vec<Arc<Event>>, ReadError> {
+    /// Up to `max` visible events with seq ≥ `cursor` from the in-memory ring; `None`
+    /// when the cursor is older than the ring (then read the store, off the runtime).
+    pub(crate) fn read_ring(&self, cursor: u64, max: usize) -> Option<Vec<Arc<Event>>> {
         let visible = self.visible();
+        if cursor > visible {
+            return Some(Vec::new());
+        }
+        let want = usize::try_from(visible - cursor + 1).unwrap_or(usize::MAX).min(max);
+        let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
+        let front = ring.front().map(|e| e.seq)?;
+        if cursor < front {
+            return None;
+        }
+        let skip = usize::try_from(cursor - front).unwrap_or(usize::MAX);
+        Some(ring.iter().skip(skip).take(want).cloned().collect())
+    }
+
+    /// Up to `max` events with `cursor` ≤ seq ≤ `visible` from the store. Blocking: call
+    /// it off the async runtime.
+    pub(crate) fn read_store(
+        store: &dyn Store,
+        cursor: u64,
+        max: usize,
+        visible: u64,
+    ) -> Result<Vec<Arc<Event>>, ReadError> {
         if cursor > visible {
             return Ok(Vec::new());
         }
         let want = usize::try_from(visible - cursor + 1).unwrap_or(usize::MAX).min(max);
-        {
-            let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(front) = ring.front().map(|e| e.seq)
-                && cursor >= front
-            {
-                let skip = usize::try_from(cursor - front).unwrap_or(usize::MAX);
-                return Ok(ring.iter().skip(skip).take(want).cloned().collect());
-            }
-        }
         let oldest = store.oldest_seq();
         if cursor < oldest {
             return Err(ReadError::Gone(Gone { oldest }));

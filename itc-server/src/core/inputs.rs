@@ -240,13 +240,14 @@ impl State {
         let upsert = Arc::new(task.clone());
         tx.batch.upserts.push(upsert);
         self.input_index.remove(request_id);
-        self.keep_closed_input(input.clone());
+        self.keep_closed_input(tx, input.clone());
         self.push_to_agent(&agent, Push::Input(input.clone()));
         Some(input)
     }
 
     /// Keeps a closed request for GetInput, within retention.
-    pub(crate) fn keep_closed_input(&mut self, input: InputRequest) {
+    pub(crate) fn keep_closed_input(&mut self, tx: &mut Tx, input: InputRequest) {
+        tx.batch.closed_inputs.push(input.clone());
         self.closed_input_order.push_back(input.id.clone());
         self.closed_inputs.insert(input.id.clone(), input);
         while self.closed_input_order.len() > KEPT_CLOSED_INPUTS {

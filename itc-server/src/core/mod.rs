@@ -169,6 +169,8 @@ struct Inner {
     started_at: SystemTime,
     /// Set by [`Core::close`]: writes are refused from then on.
     closed: AtomicBool,
+    /// Turns true when a commit failed: the store can no longer promise durability.
+    failed: tokio::sync::watch::Sender<bool>,
     /// Woken whenever a command changes state (Coordinate may wait for one).
     commands_changed: tokio::sync::Notify,
 }
@@ -321,6 +323,25 @@ impl Core {
         }
         finished.sort();
         state.finished = finished.into_iter().map(|(_, seq)| seq).collect();
+        for command in recovered.closed_commands {
+            if let Some(key) = &command.idempotency_key {
+                state
+                    .idempotency
+                    .insert((command.coordinator_id.clone(), key.clone()), command.id.clone());
+            }
+            state.closed_command_order.push_back(command.id.clone());
+            state.closed_commands.insert(command.id.clone(), command);
+        }
+        for input in recovered.closed_inputs {
+            state.closed_input_order.push_back(input.id.clone());
+            state.closed_inputs.insert(input.id.clone(), input);
+        }
+        state.global_interrupt = recovered.meta.get("global_interrupt").is_some_and(|v| *v != 0);
+        state.interactions = recovered
+            .meta
+            .get("interactions")
+            .and_then(|v| u64::try_from(*v).ok())
+            .unwrap_or(0);
         let hub = hub::Hub::new(state.head_seq, config.event_buffer, config.subscriber_buffer);
         Self {
             inner: Arc::new(Inner {
@@ -330,6 +351,7 @@ impl Core {
                 state: Mutex::new(state),
                 started_at: SystemTime::now(),
                 closed: AtomicBool::new(false),
+                failed: tokio::sync::watch::Sender::new(false),
                 commands_changed: tokio::sync::Notify::new(),
             }),
         }
@@ -412,17 +434,46 @@ impl Core {
         result: &Result<(), StoreError>,
     ) {
         match result {
-            Ok(()) => {
+            // After a failure nothing more is published: a later batch must not make the
+            // lost one's events visible.
+            Ok(()) if !*self.inner.failed.borrow() => {
                 self.inner.hub.publish(last_seq, wake);
                 if commands_changed {
                     self.inner.commands_changed.notify_waiters();
                 }
             }
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!(error = %e, last_seq, "store commit failed; refusing further writes");
                 self.inner.closed.store(true, Ordering::SeqCst);
+                self.inner.failed.send_replace(true);
             }
         }
+    }
+
+    /// Returns `value` (read from the state just before) once everything the state held
+    /// then is durable: a read never shows a change that a crash could still take back
+    /// (which would let the same seq or version mean two things). Costs at most one
+    /// group commit.
+    pub async fn durable<T>(&self, value: T) -> Result<T, CoreError> {
+        let head = self.head_seq();
+        let mut visible = self.inner.hub.visible_signal();
+        tokio::select! {
+            reached = visible.wait_for(|v| *v >= head) => reached.map(|_| ()).map_err(|_| CoreError::ShuttingDown)?,
+            () = self.failure() => return Err(CoreError::ShuttingDown),
+        }
+        Ok(value)
+    }
+
+    /// Resolves if a commit fails: the server should stop (and recover on restart).
+    pub async fn failure(&self) {
+        let mut failed = self.inner.failed.subscribe();
+        let _ = failed.wait_for(|f| *f).await;
+    }
+
+    /// Whether a commit failed.
+    pub fn has_failed(&self) -> bool {
+        *self.inner.failed.borrow()
     }
 
     /// The newest seq in the log.

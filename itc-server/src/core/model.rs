@@ -133,8 +133,9 @@ pub struct Task {
     pub stall_timeout: Duration,
     /// The seq of the event that created it: its position in listings, oldest first.
     pub create_seq: u64,
-    /// The coordination lock, while a coordinator holds one.
-    #[serde(default)]
+    /// The coordination lock, while a coordinator holds one. Not stored: locks end with
+    /// the server process by design.
+    #[serde(skip)]
     pub lock: Option<TaskLock>,
     /// Input requests waiting for an answer.
     #[serde(default)]

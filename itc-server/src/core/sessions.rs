@@ -289,6 +289,18 @@ impl Core {
             };
             state.arm(now + ttl, Timer::Session(id.clone()));
             tx.session_event(EventType::CoordinatorConnected, &info, None);
+            if request.kind == SessionKind::Agent {
+                // The agent is back: its orphaned tasks are not orphans any more.
+                let orphans: Vec<String> = state
+                    .tasks
+                    .values()
+                    .filter(|t| t.agent_id == id && t.is_live() && t.orphaned)
+                    .map(|t| t.id.clone())
+                    .collect();
+                for task_id in orphans {
+                    state.recover_task(tx, &task_id);
+                }
+            }
             Ok((info, taken_over))
         })
         .await
@@ -381,7 +393,7 @@ impl Core {
                 .task_by_id(task_id)
                 .filter(|t| t.agent_id == session_id && t.is_live())
             {
-                if task.stalled {
+                if task.stalled || task.orphaned {
                     stalled.push(task_id.clone());
                 }
                 state.activity.insert(task_id.clone(), now);
@@ -390,19 +402,11 @@ impl Core {
         Ok((expire, stalled))
     }
 
-    /// Clears the STALLED flag of tasks a heartbeat vouched for (an event each).
+    /// Clears the STALLED and ORPHANED flags of tasks a heartbeat vouched for.
     async fn unstall(&self, task_ids: &[String]) -> Result<(), CoreError> {
         self.write(|state, tx| {
             for task_id in task_ids {
-                if let Some(task) = state.task_mut(task_id).filter(|t| t.stalled && t.is_live()) {
-                    task.stalled = false;
-                    task.version += 1;
-                    task.update_time = tx.time;
-                    let snapshot = Box::new(task.clone());
-                    tx.event(EventType::TaskRecovered, task, EventDetail::Task(snapshot), None);
-                    let task = Arc::new(task.clone());
-                    tx.batch.upserts.push(task);
-                }
+                state.recover_task(tx, task_id);
             }
             Ok(())
         })
@@ -466,6 +470,23 @@ pub(crate) fn session_not_found(session_id: &str) -> CoreError {
 }
 
 impl State {
+    /// A live task whose agent showed up again is healthy: flags cleared, TASK_RECOVERED.
+    pub(crate) fn recover_task(&mut self, tx: &mut Tx, task_id: &str) {
+        if let Some(task) = self
+            .task_mut(task_id)
+            .filter(|t| (t.stalled || t.orphaned) && t.is_live())
+        {
+            task.stalled = false;
+            task.orphaned = false;
+            task.version += 1;
+            task.update_time = tx.time;
+            let snapshot = Box::new(task.clone());
+            tx.event(EventType::TaskRecovered, task, EventDetail::Task(snapshot), None);
+            let task = Arc::new(task.clone());
+            tx.batch.upserts.push(task);
+        }
+    }
+
     fn coordinator_sessions(&self) -> usize {
         self.sessions.values().filter(|s| s.info.kind.is_coordinator()).count()
     }

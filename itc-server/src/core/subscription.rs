@@ -16,6 +16,17 @@ use super::hub::{Filter, ReadError, SubShared};
 use super::model::{Event, Task};
 use super::{Core, CoreError};
 
+/// What one `fill` achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fill {
+    /// The cursor moved: call again.
+    Moved,
+    /// Nothing more is visible now.
+    CaughtUp,
+    /// The cursor is older than the in-memory ring: read the store.
+    NeedStore,
+}
+
 /// How many log events a lagging subscription reads at a time.
 const SCAN_BATCH: usize = 256;
 
@@ -283,13 +294,27 @@ impl Subscription {
                 self.wait(true).await;
                 continue;
             }
-            match self.fill() {
-                Ok(true) => {
+            let filled = match self.fill() {
+                Ok(Fill::NeedStore) => {
+                    // Older than the ring: read the store on a blocking thread.
+                    let store = self.core.inner.store.clone();
+                    let (cursor, visible) = (self.cursor, self.core.inner.hub.visible());
+                    let read = tokio::task::spawn_blocking(move || {
+                        super::hub::Hub::read_store(store.as_ref(), cursor, SCAN_BATCH, visible)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(ReadError::Store(crate::store::StoreError::Backend(e.to_string()))));
+                    read.map(|events| self.absorb(events))
+                }
+                other => other,
+            };
+            match filled {
+                Ok(Fill::Moved) => {
                     // A long replay must not hog the worker thread.
                     tokio::task::consume_budget().await;
                     continue;
                 }
-                Ok(false) => {}
+                Ok(Fill::CaughtUp | Fill::NeedStore) => {}
                 Err(ReadError::Gone(gone)) => {
                     self.core.inner.hub.counters.dropped.fetch_add(1, Ordering::Relaxed);
                     if self.snapshot {
@@ -360,8 +385,8 @@ impl Subscription {
     }
 
     /// Moves matching events into `pending`: from the inbox while keeping up, else from
-    /// the log. `Ok(true)`: the cursor moved (call again); `Ok(false)`: caught up.
-    pub(super) fn fill(&mut self) -> Result<bool, ReadError> {
+    /// the in-memory ring; says when the store must be read instead.
+    pub(super) fn fill(&mut self) -> Result<Fill, ReadError> {
         let hub = &self.core.inner.hub;
         // Mark the current watermark seen before reading it, so that an advance after
         // this point wakes `wait`.
@@ -381,7 +406,7 @@ impl Subscription {
                 }
                 // Every matching event up to `visible` went through the inbox.
                 self.cursor = self.cursor.max(visible + 1);
-                return Ok(got);
+                return Ok(if got { Fill::Moved } else { Fill::CaughtUp });
             }
             if self.cursor > visible {
                 if inbox.last_skipped < self.cursor {
@@ -395,12 +420,19 @@ impl Subscription {
                     // A matching event was appended but is not durable yet.
                     self.waiting_visible = true;
                 }
-                return Ok(false);
+                return Ok(Fill::CaughtUp);
             }
         }
-        let events = hub.read_log(self.core.inner.store.as_ref(), self.cursor, SCAN_BATCH)?;
+        match hub.read_ring(self.cursor, SCAN_BATCH) {
+            Some(events) => Ok(self.absorb(events)),
+            None => Ok(Fill::NeedStore),
+        }
+    }
+
+    /// Takes the matching ones of `events` (read from the log at the cursor).
+    fn absorb(&mut self, events: Vec<Arc<Event>>) -> Fill {
         let Some(last) = events.last().map(|e| e.seq) else {
-            return Ok(false);
+            return Fill::CaughtUp;
         };
         for event in events {
             if self.shared.matcher.matches(&event) {
@@ -408,7 +440,7 @@ impl Subscription {
             }
         }
         self.cursor = last + 1;
-        Ok(true)
+        Fill::Moved
     }
 }
 

@@ -378,7 +378,7 @@ impl State {
                 );
             }
             self.input_index.remove(&input.id);
-            self.keep_closed_input(input);
+            self.keep_closed_input(tx, input);
         }
         self.finished.push_back(task.create_seq);
         tx.batch.upserts.push(task.clone());

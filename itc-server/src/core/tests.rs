@@ -816,3 +816,60 @@ async fn restart_orphans_tasks_of_agents_that_do_not_come_back() {
     assert!(!core.task("back").unwrap().orphaned);
     core.close();
 }
+
+/// A store that fails every commit from the n-th on.
+#[derive(Debug)]
+struct FailingStore {
+    inner: MemoryStore,
+    commits: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+impl Store for FailingStore {
+    fn name(&self) -> &'static str {
+        "failing"
+    }
+    fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
+        self.inner.recover()
+    }
+    fn commit(&self, batch: Batch) -> Commit {
+        let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.fail_from {
+            return Box::pin(std::future::ready(Err(crate::store::StoreError::Backend(
+                "disk on fire".into(),
+            ))));
+        }
+        self.inner.commit(batch)
+    }
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
+        self.inner.read_events(after_seq, limit)
+    }
+    fn oldest_seq(&self) -> u64 {
+        self.inner.oldest_seq()
+    }
+}
+
+/// A failed commit is not acknowledged, its events never become visible, the core refuses
+/// every later write, and `failure()` resolves (the server then stops to recover).
+#[tokio::test]
+async fn failed_commit_stops_writes_and_publishes_nothing() {
+    let store = Arc::new(FailingStore {
+        inner: MemoryStore::new(100, Duration::from_secs(60)),
+        commits: Default::default(),
+        fail_from: 1,
+    });
+    let core = Core::open(CoreConfig::default(), store).unwrap();
+    core.start_task(new_task("t")).await.unwrap();
+    let err = core.report_progress("t", 0.5, String::new()).await.unwrap_err();
+    assert!(matches!(err, CoreError::Store(_)), "{err}");
+    assert!(core.has_failed());
+    assert_eq!(core.inner.hub.visible(), 1, "the failed batch is not visible");
+    assert!(matches!(
+        core.report_progress("t", 0.6, String::new()).await,
+        Err(CoreError::ShuttingDown)
+    ));
+    tokio::time::timeout(Duration::from_secs(1), core.failure())
+        .await
+        .unwrap();
+    assert!(matches!(core.durable(()).await, Err(CoreError::ShuttingDown)));
+}

@@ -73,7 +73,10 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::GetCommandRequest>,
     ) -> Result<Response<pb::GetCommandResponse>, Status> {
-        let command = self.core.command(&request.get_ref().command_id)?;
+        let command = self
+            .core
+            .durable(self.core.command(&request.get_ref().command_id)?)
+            .await?;
         Ok(Response::new(pb::GetCommandResponse {
             command: Some(convert::command(&command)),
         }))

@@ -49,7 +49,7 @@ impl MonitorService for MonitorApi {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let query = convert::status_query(request.into_inner())?;
-        let page = self.core.status(&query)?;
+        let page = self.core.durable(self.core.status(&query)?).await?;
         let sessions = self.core.sessions();
         let mut response = convert::status_page(page);
         response.statistics.get_or_insert_default().connected_sessions = sessions.len() as u64;
@@ -58,14 +58,17 @@ impl MonitorService for MonitorApi {
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let task = self.core.task(&request.get_ref().task_id)?;
+        let task = self.core.durable(self.core.task(&request.get_ref().task_id)?).await?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(convert::task(&task, SystemTime::now())),
         }))
     }
 
     async fn get_input(&self, request: Request<pb::GetInputRequest>) -> Result<Response<pb::GetInputResponse>, Status> {
-        let input = self.core.input(&request.get_ref().request_id)?;
+        let input = self
+            .core
+            .durable(self.core.input(&request.get_ref().request_id)?)
+            .await?;
         Ok(Response::new(pb::GetInputResponse {
             input: Some(convert::input(&input)),
         }))

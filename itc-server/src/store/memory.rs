@@ -54,16 +54,22 @@ impl Store for MemoryStore {
         let result = {
             let mut log = self.log();
             let mut result = Ok(());
-            for event in batch.events {
-                if event.seq != log.head_seq + 1 {
-                    result = Err(StoreError::Backend(format!(
-                        "event seq {} does not follow head {}",
-                        event.seq, log.head_seq
-                    )));
-                    break;
+            // All or nothing: check the whole batch continues the log before applying it.
+            let contiguous = batch
+                .events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == log.head_seq + 1 + i as u64);
+            if contiguous {
+                for event in batch.events {
+                    log.head_seq = event.seq;
+                    log.events.push_back(event);
                 }
-                log.head_seq = event.seq;
-                log.events.push_back(event);
+            } else if let Some(first) = batch.events.first() {
+                result = Err(StoreError::Backend(format!(
+                    "event seq {} does not follow head {}",
+                    first.seq, log.head_seq
+                )));
             }
             while log.events.len() > self.retention_count {
                 log.events.pop_front();

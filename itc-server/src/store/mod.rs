@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::core::{Event, Task};
+use crate::core::{Command, Event, InputRequest, Task};
 
 mod memory;
 mod sqlite;
@@ -40,6 +40,12 @@ pub struct Batch {
     pub removals: Vec<String>,
     /// Events to append, in seq order, continuing the log without a gap.
     pub events: Vec<Arc<Event>>,
+    /// Commands that reached their final state (kept, bounded, for reads and retries).
+    pub closed_commands: Vec<Command>,
+    /// Input requests that were closed (kept, bounded, for reads).
+    pub closed_inputs: Vec<InputRequest>,
+    /// Service-wide values to keep (`global_interrupt`, `interactions`).
+    pub meta: Vec<(&'static str, i64)>,
 }
 
 /// Resolves once a batch is durable (or failed to be).
@@ -52,6 +58,12 @@ pub struct Recovered {
     pub tasks: Vec<Task>,
     /// The newest seq written; the log continues after it.
     pub head_seq: u64,
+    /// Closed commands kept, oldest first.
+    pub closed_commands: Vec<Command>,
+    /// Closed input requests kept, oldest first.
+    pub closed_inputs: Vec<InputRequest>,
+    /// Service-wide values.
+    pub meta: std::collections::HashMap<String, i64>,
 }
 
 /// Where the core's state persists.

@@ -23,7 +23,13 @@ use super::{Batch, Commit, Recovered, Store, StoreError};
 use crate::core::{Event, Task};
 
 /// The schema this build writes. A data dir with a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Closed commands and input requests kept (each).
+const KEPT_CLOSED: i64 = 10_000;
+
+/// Marks the file as an ITC database (`PRAGMA application_id`, "ITC1").
+const APPLICATION_ID: i64 = 0x4954_4331;
 
 /// The most batches one transaction takes.
 const MAX_GROUP: usize = 4096;
@@ -94,6 +100,15 @@ pub struct SqliteStore {
     /// The oldest seq retained.
     oldest: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held while the store is open: one server per data dir.
+    _dir_lock: std::fs::File,
+}
+
+/// Every blob of a one-column query.
+fn bodies(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<u8>>> {
+    let mut statement = conn.prepare(sql)?;
+    let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    rows.collect()
 }
 
 fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
@@ -112,8 +127,11 @@ impl SqliteStore {
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| backend(&format!("cannot create data dir {}", options.data_dir.display()), e))?;
+        let dir_lock = lock_dir(&options.data_dir)?;
         let path = options.data_dir.join("itc.sqlite3");
         let mut writer = Connection::open(&path).map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
+        // Refuse a newer or foreign file before touching it.
+        check_identity(&writer, &path)?;
         configure(&writer, options.sync).map_err(|e| refuse(&path, e))?;
         migrate(&mut writer, &path)?;
         let reader = Connection::open_with_flags(
@@ -130,6 +148,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel::<Job>();
         let worker = Writer {
             conn: writer,
+            failed: None,
             head: head.clone(),
             oldest: oldest.clone(),
             retention_count: options.retention_count.max(1) as u64,
@@ -147,6 +166,7 @@ impl SqliteStore {
             head,
             oldest,
             writer: Mutex::new(Some(thread)),
+            _dir_lock: dir_lock,
         })
     }
 
@@ -154,6 +174,46 @@ impl SqliteStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Locks `data_dir/LOCK` for this process; another live server holding it is refused.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "{} is in use by another itc-server; stop it or choose another --data-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(backend(&format!("cannot lock {}", path.display()), e)),
+    }
+}
+
+/// A file that is not an ITC database, or one of a newer schema, is refused untouched.
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let read = |pragma: &str| conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0));
+    let application = read("application_id").map_err(|e| refuse(path, e))?;
+    let version = read("user_version").map_err(|e| refuse(path, e))?;
+    let tables: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| refuse(path, e))?;
+    if application != APPLICATION_ID && (tables > 0 || version != 0) {
+        return Err(refuse(path, "it is an SQLite database of another application"));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "{} was written by a newer ITC (schema version {version}; this build knows up to {SCHEMA_VERSION}); \
+             upgrade itc-server or use another --data-dir",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// A data dir that cannot be used, with what to do about it.
@@ -191,14 +251,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| refuse(path, e))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Backend(format!(
-            "{} was written by a newer ITC (schema version {version}; this build knows up to {SCHEMA_VERSION}); \
-             upgrade itc-server or use another --data-dir",
-            path.display()
-        )));
-    }
-    const STEPS: [&str; 1] = ["CREATE TABLE tasks (
+    const STEPS: [&str; 2] = [
+        "CREATE TABLE tasks (
              id TEXT PRIMARY KEY,
              create_seq INTEGER NOT NULL,
              body BLOB NOT NULL
@@ -208,15 +262,37 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
              time_ms INTEGER NOT NULL,
              body BLOB NOT NULL
          );
-         CREATE INDEX events_time ON events (time_ms);"];
+         CREATE INDEX events_time ON events (time_ms);",
+        // 2: what recovery needs beside tasks and events.
+        "CREATE TABLE closed_commands (
+             id TEXT PRIMARY KEY,
+             seq INTEGER NOT NULL,
+             body BLOB NOT NULL
+         );
+         CREATE INDEX closed_commands_seq ON closed_commands (seq);
+         CREATE TABLE closed_inputs (
+             id TEXT PRIMARY KEY,
+             seq INTEGER NOT NULL,
+             body BLOB NOT NULL
+         );
+         CREATE INDEX closed_inputs_seq ON closed_inputs (seq);
+         CREATE TABLE meta (
+             key TEXT PRIMARY KEY,
+             value INTEGER NOT NULL
+         );",
+    ];
     for (step, sql) in STEPS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         let to = step as i64 + 1;
-        let tx = conn.transaction().map_err(|e| backend("migration", e))?;
+        let tx = conn.transaction().map_err(|e| refuse(path, e))?;
         tx.execute_batch(sql)
-            .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {to}")))
-            .map_err(|e| backend(&format!("migration to schema {to}"), e))?;
+            .and_then(|()| {
+                tx.execute_batch(&format!(
+                    "PRAGMA user_version = {to}; PRAGMA application_id = {APPLICATION_ID};"
+                ))
+            })
+            .map_err(|e| refuse(path, format!("migration to schema {to}: {e}")))?;
         tx.commit()
-            .map_err(|e| backend(&format!("migration to schema {to}"), e))?;
+            .map_err(|e| refuse(path, format!("migration to schema {to}: {e}")))?;
     }
     Ok(())
 }
@@ -234,6 +310,9 @@ fn bounds(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
 
 struct Writer {
     conn: Connection,
+    /// Set by the first failed commit: every later batch fails too, so that nothing
+    /// after a lost batch can be acknowledged (and make the lost one look durable).
+    failed: Option<StoreError>,
     head: Arc<AtomicU64>,
     oldest: Arc<AtomicU64>,
     retention_count: u64,
@@ -253,7 +332,15 @@ impl Writer {
                     }
                 }
             }
-            let result = self.write(&jobs);
+            let result = match &self.failed {
+                Some(e) => Err(e.clone()),
+                None => self.write(&jobs),
+            };
+            if let Err(e) = &result
+                && self.failed.is_none()
+            {
+                self.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
+            }
             for (_, done) in jobs {
                 let _ = done.send(result.clone());
             }
@@ -263,6 +350,7 @@ impl Writer {
     fn write(&mut self, jobs: &[Job]) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| backend("begin", e))?;
         let mut head = self.head.load(Ordering::Acquire);
+        let mut closed = 0usize;
         {
             let mut upsert = tx
                 .prepare_cached("INSERT INTO tasks (id, create_seq, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET body = excluded.body")
@@ -272,6 +360,15 @@ impl Writer {
                 .map_err(|e| backend("prepare", e))?;
             let mut append = tx
                 .prepare_cached("INSERT INTO events (seq, time_ms, body) VALUES (?1, ?2, ?3)")
+                .map_err(|e| backend("prepare", e))?;
+            let mut keep_command = tx
+                .prepare_cached("INSERT OR REPLACE INTO closed_commands (id, seq, body) VALUES (?1, ?2, ?3)")
+                .map_err(|e| backend("prepare", e))?;
+            let mut keep_input = tx
+                .prepare_cached("INSERT OR REPLACE INTO closed_inputs (id, seq, body) VALUES (?1, ?2, ?3)")
+                .map_err(|e| backend("prepare", e))?;
+            let mut set_meta = tx
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
                 .map_err(|e| backend("prepare", e))?;
             for (batch, _) in jobs {
                 for event in &batch.events {
@@ -296,6 +393,34 @@ impl Writer {
                 for id in &batch.removals {
                     remove.execute(params![id]).map_err(|e| backend("forget task", e))?;
                 }
+                for command in &batch.closed_commands {
+                    let body = serde_json::to_vec(command).map_err(|e| backend("encode command", e))?;
+                    keep_command
+                        .execute(params![command.id, head as i64, body])
+                        .map_err(|e| backend("keep command", e))?;
+                    closed += 1;
+                }
+                for input in &batch.closed_inputs {
+                    let body = serde_json::to_vec(input).map_err(|e| backend("encode input", e))?;
+                    keep_input
+                        .execute(params![input.id, head as i64, body])
+                        .map_err(|e| backend("keep input", e))?;
+                    closed += 1;
+                }
+                for (key, value) in &batch.meta {
+                    set_meta.execute(params![key, value]).map_err(|e| backend("meta", e))?;
+                }
+            }
+        }
+        if closed > 0 {
+            for table in ["closed_commands", "closed_inputs"] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE seq < (SELECT seq FROM {table} ORDER BY seq DESC LIMIT 1 OFFSET {KEPT_CLOSED})"
+                    ),
+                    [],
+                )
+                .map_err(|e| backend("retention of closed items", e))?;
             }
         }
         // Retention: by count, then by age.
@@ -337,9 +462,36 @@ impl Store for SqliteStore {
                 serde_json::from_slice(&body).map_err(|e| refuse(&self.path, format!("a task row: {e}")))?;
             tasks.push(task);
         }
+        drop(statement);
+        let mut closed_commands = Vec::new();
+        for body in
+            bodies(&reader, "SELECT body FROM closed_commands ORDER BY seq").map_err(|e| refuse(&self.path, e))?
+        {
+            closed_commands
+                .push(serde_json::from_slice(&body).map_err(|e| refuse(&self.path, format!("a command row: {e}")))?);
+        }
+        let mut closed_inputs = Vec::new();
+        for body in bodies(&reader, "SELECT body FROM closed_inputs ORDER BY seq").map_err(|e| refuse(&self.path, e))? {
+            closed_inputs
+                .push(serde_json::from_slice(&body).map_err(|e| refuse(&self.path, format!("an input row: {e}")))?);
+        }
+        let mut meta = std::collections::HashMap::new();
+        let mut rows = reader
+            .prepare("SELECT key, value FROM meta")
+            .map_err(|e| refuse(&self.path, e))?;
+        let pairs = rows
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| refuse(&self.path, e))?;
+        for pair in pairs {
+            let (key, value) = pair.map_err(|e| refuse(&self.path, e))?;
+            meta.insert(key, value);
+        }
         Ok(Recovered {
             tasks,
             head_seq: self.head.load(Ordering::Acquire),
+            closed_commands,
+            closed_inputs,
+            meta,
         })
     }
 
@@ -482,5 +634,66 @@ mod tests {
         std::fs::write(dir.path().join("itc.sqlite3"), vec![0x5a_u8; 8192]).unwrap();
         let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
         assert!(err.contains("not a usable ITC database"), "{err}");
+    }
+
+    /// A second store on the same data dir is refused while the first is open.
+    #[test]
+    fn one_server_per_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SqliteStore::open(options(dir.path())).unwrap();
+        let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("in use by another itc-server"), "{err}");
+        drop(first);
+        assert!(SqliteStore::open(options(dir.path())).is_ok());
+    }
+
+    /// An SQLite file of another application is refused untouched.
+    #[test]
+    fn foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("itc.sqlite3")).unwrap();
+        conn.execute_batch("CREATE TABLE tasks (x INTEGER)").unwrap();
+        drop(conn);
+        let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("another application"), "{err}");
+        let conn = Connection::open(dir.path().join("itc.sqlite3")).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 0, "left untouched");
+    }
+
+    /// Closed commands, closed inputs and service values survive reopening.
+    #[tokio::test]
+    async fn closed_items_and_meta_survive() {
+        use crate::core::{Command, CommandAction, CommandState};
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let command = Command {
+            id: "c1".into(),
+            idempotency_key: Some("k".into()),
+            task_id: "t".into(),
+            coordinator_id: "sup".into(),
+            action: CommandAction::Custom,
+            data: None,
+            state: CommandState::Applied,
+            reason: None,
+            result: None,
+            fencing_token: 0,
+            create_time: now,
+            update_time: now,
+            deadline: now,
+        };
+        {
+            let store = SqliteStore::open(options(dir.path())).unwrap();
+            let batch = Batch {
+                events: vec![event(1)],
+                closed_commands: vec![command.clone()],
+                meta: vec![("global_interrupt", 1)],
+                ..Batch::default()
+            };
+            store.commit(batch).await.unwrap();
+        }
+        let recovered = SqliteStore::open(options(dir.path())).unwrap().recover().unwrap();
+        assert_eq!(recovered.closed_commands, vec![command]);
+        assert_eq!(recovered.meta.get("global_interrupt"), Some(&1));
     }
 }
