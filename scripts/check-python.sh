@@ -17,52 +17,23 @@ START_DEADLINE=30 # seconds for the server to print its listening line
 RUN_DEADLINE=120  # seconds for the Python program
 STOP_DEADLINE=15  # seconds for the server to exit after SIGTERM
 
-SERVER_PID=""
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-python-check.XXXXXX")"
-SERVER_LOG="$WORK/server.log"
 GEN="$WORK/gen"
 
 log() { echo "python check: $*"; }
 
 fail() {
   echo "FAIL - $*" >&2
-  if [[ -s "$SERVER_LOG" ]]; then
-    echo "--- last lines of the server's log ($SERVER_LOG) ---" >&2
-    tail -n 20 "$SERVER_LOG" >&2 || true
-  fi
+  server_log_tail
   echo "python check: failed" >&2
   exit 1
 }
 
-stop_server() {
-  # Stops the server we started (by pid), first politely, then for sure.
-  [[ -n "$SERVER_PID" ]] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_DEADLINE))
-    while kill -0 "$SERVER_PID" 2>/dev/null && ((SECONDS < deadline)); do
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
-
-cleanup() {
-  local rc=$?
-  stop_server
-  exec 3>&- || true
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=lib/server.sh
+source "$ROOT/scripts/lib/server.sh"
 
 # --- preconditions ---------------------------------------------------------------------
 [[ -x "$PY" ]] || fail "no Python venv at $ROOT/.tools/venv: run scripts/install-tools.sh first"
-[[ -x "$SERVER_BIN" ]] || fail "server binary not found at $SERVER_BIN: run 'cargo build -p itc-server' (or set ITC_SERVER_BIN)"
 
 # --- generate the stubs ------------------------------------------------------------------
 # protoc names modules after their paths under -Iproto: itc/v1/agent_service_pb2.py, which
@@ -76,29 +47,7 @@ log "generating Python stubs from proto/itc/v1/*.proto"
   fail "grpc_tools.protoc produced no itc/v1/*_pb2_grpc.py under $GEN"
 
 # --- start the server --------------------------------------------------------------------
-# Its stdout goes to a fifo we hold open read-write (so neither side blocks on open and
-# the server never gets SIGPIPE); its first line tells the port.
-FIFO="$WORK/stdout.fifo"
-mkfifo "$FIFO"
-exec 3<>"$FIFO"
-log "starting $SERVER_BIN --listen 127.0.0.1:0 --data-dir $WORK/data"
-"$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$WORK/data" >&3 2>"$SERVER_LOG" &
-SERVER_PID=$!
-
-FIRST_LINE=""
-deadline=$((SECONDS + START_DEADLINE))
-while :; do
-  if IFS= read -r -t 1 -u 3 FIRST_LINE; then
-    break
-  fi
-  kill -0 "$SERVER_PID" 2>/dev/null || fail "the server exited before printing its listening line"
-  ((SECONDS < deadline)) || fail "the server printed no listening line within ${START_DEADLINE}s"
-done
-if [[ "$FIRST_LINE" =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]]; then
-  PORT="${BASH_REMATCH[1]}"
-else
-  fail "unexpected first stdout line from the server: '$FIRST_LINE' (wanted 'listening on 127.0.0.1:PORT')"
-fi
+start_server
 log "server listening on 127.0.0.1:$PORT"
 
 # --- run the Python program ------------------------------------------------------------------

@@ -19,9 +19,7 @@ STOP_DEADLINE=15  # seconds for the server to exit after SIGTERM
 POLL_DEADLINE=10  # seconds for GetStatus to show the reported progress
 
 PASSED=0
-SERVER_PID=""
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-shell-check.XXXXXX")"
-SERVER_LOG="$WORK/server.log"
 
 log() { echo "shell check: $*"; }
 
@@ -32,69 +30,20 @@ pass() {
 
 fail() {
   echo "FAIL - $*" >&2
-  if [[ -s "$SERVER_LOG" ]]; then
-    echo "--- last lines of the server's log ($SERVER_LOG) ---" >&2
-    tail -n 20 "$SERVER_LOG" >&2 || true
-  fi
+  server_log_tail
   echo "shell-check: $PASSED passed, 1 failed" >&2
   exit 1
 }
 
-stop_server() {
-  # Stops the server we started (by pid), first politely, then for sure.
-  [[ -n "$SERVER_PID" ]] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_DEADLINE))
-    while kill -0 "$SERVER_PID" 2>/dev/null && ((SECONDS < deadline)); do
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
-
-cleanup() {
-  local rc=$?
-  stop_server
-  exec 3>&- || true
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=lib/server.sh
+source "$ROOT/scripts/lib/server.sh"
 
 # --- preconditions ---------------------------------------------------------------------
 [[ -x "$BUF" ]] || fail "buf not found at $BUF: run scripts/install-tools.sh first"
-[[ -x "$SERVER_BIN" ]] || fail "server binary not found at $SERVER_BIN: run 'cargo build -p itc-server' (or set ITC_SERVER_BIN)"
 command -v python3 >/dev/null || fail "python3 not found"
 
 # --- start the server --------------------------------------------------------------------
-# Its stdout goes to a fifo we hold open read-write (so neither side blocks on open and
-# the server never gets SIGPIPE); its first line tells the port.
-FIFO="$WORK/stdout.fifo"
-mkfifo "$FIFO"
-exec 3<>"$FIFO"
-log "starting $SERVER_BIN --listen 127.0.0.1:0 --data-dir $WORK/data"
-"$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$WORK/data" >&3 2>"$SERVER_LOG" &
-SERVER_PID=$!
-
-FIRST_LINE=""
-deadline=$((SECONDS + START_DEADLINE))
-while :; do
-  if IFS= read -r -t 1 -u 3 FIRST_LINE; then
-    break
-  fi
-  kill -0 "$SERVER_PID" 2>/dev/null || fail "the server exited before printing its listening line"
-  ((SECONDS < deadline)) || fail "the server printed no listening line within ${START_DEADLINE}s"
-done
-if [[ "$FIRST_LINE" =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]]; then
-  PORT="${BASH_REMATCH[1]}"
-else
-  fail "unexpected first stdout line from the server: '$FIRST_LINE' (wanted 'listening on 127.0.0.1:PORT')"
-fi
+start_server
 URL="http://127.0.0.1:$PORT"
 pass "server listening on 127.0.0.1:$PORT"
 
