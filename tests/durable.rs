@@ -38,9 +38,9 @@ async fn restart_keeps_everything() {
             .start_task(itc_client::StartTask::new("agent-1", "first").with_task_id("t1"))
             .await
             .unwrap();
-        client.report_progress(&t1.task_id, 0.5, "half").await.unwrap();
-        client.publish_update(&t1.task_id, json!({"rows": 10})).await.unwrap();
-        client.complete_task(&t1.task_id, json!({"rows": 20})).await.unwrap();
+        client.report_progress(&t1.id, 0.5, "half").await.unwrap();
+        client.publish_update(&t1.id, json!({"rows": 10})).await.unwrap();
+        client.complete_task(&t1.id, json!({"rows": 20})).await.unwrap();
         client
             .start_task(itc_client::StartTask::new("agent-2", "second").with_task_id("t2"))
             .await
@@ -81,7 +81,7 @@ async fn restart_keeps_everything() {
             .into_inner()
             .command
             .unwrap();
-        let stats = client.status(Default::default()).await.unwrap().statistics.unwrap();
+        let stats = client.status(Default::default()).await.unwrap().statistics;
         let t1 = client.get_task("t1").await.unwrap();
         server.stop().await.unwrap();
         (stats.head_seq, t1, command.command_id, asked.request_id)
@@ -92,15 +92,18 @@ async fn restart_keeps_everything() {
     let channel = server.channel().await;
     let t1 = client.get_task("t1").await.unwrap();
     assert_eq!(t1.version, before_t1.version);
-    assert_eq!(t1.status(), pb::TaskStatus::Completed);
+    assert_eq!(t1.status, Some(itc_client::TaskStatus::Completed));
     assert_eq!(t1.result, before_t1.result);
     let status = client.status(Default::default()).await.unwrap();
-    assert_eq!(status.total_size, 2);
-    assert_eq!(status.statistics.unwrap().head_seq, head);
+    assert_eq!(status.total, 2);
+    assert_eq!(status.statistics.head_seq, head);
     let t2 = client.get_task("t2").await.unwrap();
-    assert_eq!((t2.status(), t2.priority), (pb::TaskStatus::InputRequired, 1));
-    assert_eq!(t2.open_commands[0].command_id, command_id);
-    assert_eq!(t2.open_inputs[0].request_id, request_id);
+    assert_eq!(
+        (t2.status, t2.priority),
+        (Some(itc_client::TaskStatus::InputRequired), 1)
+    );
+    assert_eq!(t2.open_commands[0].id, command_id);
+    assert_eq!(t2.open_inputs[0].id, request_id);
 
     // The log replays from the store, every seq once, in order.
     let mut stream = MonitorServiceClient::new(channel.clone())

@@ -91,7 +91,7 @@ async fn ten_subscribers_get_all_fifty_updates() {
         streams.push(open(&channel, request).await.0);
     }
     for i in 0..50 {
-        client.publish_update(&task.task_id, json!({"i": i})).await.unwrap();
+        client.publish_update(&task.id, json!({"i": i})).await.unwrap();
     }
     for stream in &mut streams {
         for i in 0..50 {
@@ -101,7 +101,7 @@ async fn ten_subscribers_get_all_fifty_updates() {
             assert_eq!(data.get("i"), Some(&json!(i)), "update {i} in order");
         }
     }
-    let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+    let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
     assert_eq!(stats.active_streams, 10);
     assert_eq!(stats.events_delivered, 500);
 }
@@ -204,7 +204,7 @@ async fn resume_after_seq_across_many_cuts_sees_every_seq_once() {
 
     let publisher = {
         let client = client.clone();
-        let task_id = task.task_id.clone();
+        let task_id = task.id.clone();
         tokio::spawn(async move {
             for i in 0..UPDATES {
                 client.publish_update(&task_id, json!({"i": i})).await.unwrap();
@@ -327,7 +327,7 @@ async fn out_of_range_after_retention_and_reset_with_snapshot() {
         .await
         .unwrap();
     for i in 0..30 {
-        client.publish_update(&task.task_id, json!({"i": i})).await.unwrap();
+        client.publish_update(&task.id, json!({"i": i})).await.unwrap();
     }
     // Head is 31; the 10 newest (22..=31) are retained.
     let err = subscribe(
@@ -398,7 +398,7 @@ async fn heartbeat_on_idle_carries_head_seq() {
     )
     .await;
     let task = client.start_task(StartTask::new("agent", "x")).await.unwrap();
-    client.report_progress(&task.task_id, 0.5, "").await.unwrap();
+    client.report_progress(&task.id, 0.5, "").await.unwrap();
     // The first heartbeat after both writes carries head 2 and resume point 2.
     loop {
         let event = next(&mut stream).await;
@@ -427,7 +427,7 @@ async fn stream_end_at_max_duration() {
     let channel = server.channel().await;
     let task = client.start_task(StartTask::new("agent", "x")).await.unwrap();
     let (mut stream, _) = open(&channel, pb::SubscribeRequest::default()).await;
-    client.report_progress(&task.task_id, 0.5, "").await.unwrap();
+    client.report_progress(&task.id, 0.5, "").await.unwrap();
     let end = loop {
         let event = next(&mut stream).await;
         if event.r#type() == pb::EventType::StreamEnd {
@@ -468,14 +468,14 @@ async fn dropped_client_frees_its_subscription() {
         // A separate connection that is closed entirely.
         let channel = server.channel().await;
         let (_stream, _) = open(&channel, pb::SubscribeRequest::default()).await;
-        let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+        let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
         assert_eq!(stats.active_streams, 1);
     }
     // Freed as soon as the server sees the stream reset: wait for it by watching the
     // counter with a deadline, not a fixed sleep.
     let freed = tokio::time::timeout(DEADLINE, async {
         loop {
-            let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+            let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
             if stats.active_streams == 0 {
                 break;
             }
@@ -538,7 +538,7 @@ async fn unread_stream_does_not_block_others() {
     const N: u64 = 5000;
     let publisher = {
         let client = client.clone();
-        let id = task.task_id.clone();
+        let id = task.id.clone();
         tokio::spawn(async move {
             for i in 0..N {
                 // ~1.5 KB an event, 7.5 MB in all: far more than HTTP/2 buffers (2 MB window).
@@ -566,7 +566,7 @@ async fn unread_stream_does_not_block_others() {
         reader.await.unwrap();
     }
     tokio::time::timeout(DEADLINE, publisher).await.unwrap().unwrap();
-    let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+    let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
     // The readers were dropped when done; the unread stream is still open, and lagging.
     assert_eq!(stats.active_streams, 1);
     assert!(
@@ -584,7 +584,7 @@ async fn drain_ends_streams_with_stream_end() {
     let channel = server.channel().await;
     let task = client.start_task(StartTask::new("agent", "x")).await.unwrap();
     let (mut stream, _) = open(&channel, pb::SubscribeRequest::default()).await;
-    client.report_progress(&task.task_id, 0.5, "").await.unwrap();
+    client.report_progress(&task.id, 0.5, "").await.unwrap();
     assert_eq!(next_logged(&mut stream).await.seq, 2);
     server.signal_shutdown();
     let end = loop {

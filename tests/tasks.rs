@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestServer;
-use itc_client::{Error, StartTask, StatusQuery};
+use itc_client::{Error, StartTask, StatusQuery, TaskStatus};
 use itc_proto::v1 as pb;
 use itc_proto::v1::agent_service_client::AgentServiceClient;
 use itc_proto::v1::monitor_service_client::MonitorServiceClient;
@@ -47,15 +47,15 @@ async fn lifecycle_seen_by_polling() {
         .start_task(StartTask::new("agent-1", "Process large dataset").with_metadata(json!({"source": "s3"})))
         .await
         .unwrap();
-    assert!(uuid::Uuid::parse_str(&task.task_id).is_ok(), "server-assigned UUID");
-    assert_eq!(task.status(), pb::TaskStatus::Running);
+    assert!(uuid::Uuid::parse_str(&task.id).is_ok(), "server-assigned UUID");
+    assert_eq!(task.status, Some(TaskStatus::Running));
     assert_eq!(task.version, 1);
 
-    let ack = client.report_progress(&task.task_id, 0.4, "Step 2/5").await.unwrap();
-    assert_eq!((ack.version, ack.seq, ack.status()), (2, 2, pb::TaskStatus::Running));
+    let ack = client.report_progress(&task.id, 0.4, "Step 2/5").await.unwrap();
+    assert_eq!((ack.version, ack.seq, ack.status), (2, 2, Some(TaskStatus::Running)));
     let ack = client
         .publish_update(
-            &task.task_id,
+            &task.id,
             json!({"records_processed": 2000, "update_type": "processing_progress"}),
         )
         .await
@@ -64,37 +64,32 @@ async fn lifecycle_seen_by_polling() {
 
     // Polling sees the live task as the seed's task_details did, and more.
     let status = client.status(StatusQuery::default()).await.unwrap();
-    assert_eq!(status.state(), pb::ServiceState::Running);
+    assert_eq!(status.state, pb::ServiceState::Running);
     assert_eq!(status.active_tasks, 1);
     let polled = &status.tasks[0];
-    assert_eq!(polled.task_id, task.task_id);
+    assert_eq!(polled.id, task.id);
     assert_eq!(polled.description, "Process large dataset");
     assert_eq!(polled.agent_id, "agent-1");
-    assert_eq!(polled.status(), pb::TaskStatus::Running);
+    assert_eq!(polled.status, Some(TaskStatus::Running));
     assert_eq!(polled.progress, 0.4);
     assert_eq!(polled.status_message, "Step 2/5");
     assert_eq!(polled.version, 3);
-    assert!(polled.duration.is_some() && polled.start_time.is_some() && polled.create_time.is_some());
-    let metadata = itc_proto::json::struct_to_json(polled.metadata.as_ref().unwrap()).unwrap();
-    assert_eq!(serde_json::Value::Object(metadata), json!({"source": "s3"}));
+    assert!(polled.created.is_some());
+    assert_eq!(polled.metadata, Some(json!({"source": "s3"})));
 
-    let done = client
-        .complete_task(&task.task_id, json!({"records": 10000}))
-        .await
-        .unwrap();
-    assert_eq!(done.status(), pb::TaskStatus::Completed);
-    assert!(done.finish_time.is_some());
+    let done = client.complete_task(&task.id, json!({"records": 10000})).await.unwrap();
+    assert_eq!(done.status, Some(TaskStatus::Completed));
+    assert!(done.finished.is_some());
 
     // Finished tasks stay queryable, with their result.
-    let fetched = client.get_task(&task.task_id).await.unwrap();
+    let fetched = client.get_task(&task.id).await.unwrap();
     assert_eq!(fetched.version, 4);
-    assert_eq!(fetched.status(), pb::TaskStatus::Completed);
-    let result = itc_proto::json::value_to_json(fetched.result.as_ref().unwrap()).unwrap();
-    assert_eq!(result, json!({"records": 10000}));
+    assert_eq!(fetched.status, Some(TaskStatus::Completed));
+    assert_eq!(fetched.result, Some(json!({"records": 10000})));
 
     let status = client.status(StatusQuery::default()).await.unwrap();
-    assert_eq!(status.state(), pb::ServiceState::Idle);
-    let stats = status.statistics.unwrap();
+    assert_eq!(status.state, pb::ServiceState::Idle);
+    let stats = status.statistics;
     assert_eq!((stats.tasks_started, stats.tasks_completed), (1, 1));
     assert_eq!((stats.events_published, stats.head_seq), (4, 4));
     assert_eq!(stats.tasks_by_status.unwrap().completed, 1);
@@ -115,19 +110,19 @@ async fn fail_cancel_filters_and_pages() {
             .unwrap();
     }
     let failed = client.fail_task("t1", "disk full").await.unwrap();
-    assert_eq!(failed.error.unwrap().message, "disk full");
+    assert_eq!(failed.error.as_deref(), Some("disk full"));
     let cancelled = client.cancel_task("t2", "no longer needed").await.unwrap();
-    assert_eq!(cancelled.reason, "no longer needed");
+    assert_eq!(cancelled.reason.as_deref(), Some("no longer needed"));
 
     let only_failed = client
         .status(StatusQuery {
-            statuses: vec![pb::TaskStatus::Failed],
+            statuses: vec![TaskStatus::Failed],
             ..StatusQuery::default()
         })
         .await
         .unwrap();
     assert_eq!(ids(&only_failed), vec!["t1"]);
-    let stats = only_failed.statistics.unwrap();
+    let stats = only_failed.statistics;
     assert_eq!((stats.tasks_failed, stats.tasks_cancelled), (1, 1));
 
     let mut query = StatusQuery {
@@ -136,15 +131,22 @@ async fn fail_cancel_filters_and_pages() {
         ..StatusQuery::default()
     };
     let first = client.status(query.clone()).await.unwrap();
-    assert_eq!((ids(&first), first.total_size), (vec!["t0", "t2"], 3));
-    query.page_token = Some(first.next_page_token);
-    let second = client.status(query).await.unwrap();
+    assert_eq!((ids(&first), first.total), (vec!["t0", "t2"], 3));
+    query.page_token = first.next_page_token;
+    let second = client.status(query.clone()).await.unwrap();
     assert_eq!(ids(&second), vec!["t4"]);
-    assert!(second.next_page_token.is_empty());
+    assert!(second.next_page_token.is_none());
+    // The paging helper walks every page.
+    query.page_token = None;
+    let all = client.all_tasks(query).await.unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec!["t0", "t2", "t4"]
+    );
 }
 
-fn ids(page: &pb::GetStatusResponse) -> Vec<&str> {
-    page.tasks.iter().map(|t| t.task_id.as_str()).collect()
+fn ids(page: &itc_client::StatusPage) -> Vec<&str> {
+    page.tasks.iter().map(|t| t.id.as_str()).collect()
 }
 
 /// Every bad input answers its precise code and changes nothing.
@@ -239,7 +241,7 @@ async fn bad_input_gets_precise_codes_and_changes_nothing() {
     // Nothing above changed anything: t1 is as started, and no event was written.
     let t1 = client.get_task("t1").await.unwrap();
     assert_eq!((t1.version, t1.progress, t1.agent_id.as_str()), (1, 0.0, "agent-1"));
-    let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+    let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
     assert_eq!((stats.head_seq, stats.tasks_started), (1, 1));
 
     // Updates to a finished task: FAILED_PRECONDITION naming its state; finishing it
@@ -311,11 +313,11 @@ async fn pending_task_starts_with_progress() {
         .start_task(StartTask::new("agent-1", "queued").pending())
         .await
         .unwrap();
-    assert_eq!(task.status(), pb::TaskStatus::Pending);
-    let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+    assert_eq!(task.status, Some(TaskStatus::Pending));
+    let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
     assert_eq!(stats.tasks_started, 0);
-    let ack = client.report_progress(&task.task_id, 0.1, "starting").await.unwrap();
-    assert_eq!(ack.status(), pb::TaskStatus::Running);
-    let stats = client.status(StatusQuery::default()).await.unwrap().statistics.unwrap();
+    let ack = client.report_progress(&task.id, 0.1, "starting").await.unwrap();
+    assert_eq!(ack.status, Some(TaskStatus::Running));
+    let stats = client.status(StatusQuery::default()).await.unwrap().statistics;
     assert_eq!((stats.tasks_started, stats.head_seq), (1, 3));
 }

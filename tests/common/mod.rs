@@ -27,7 +27,13 @@ impl TestServer {
 
     /// Starts a server with `settings` (its `listen` is ignored: it binds 127.0.0.1:0).
     pub async fn start_with(settings: Settings) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        Self::start_on("127.0.0.1:0".parse().expect("address"), settings).await
+    }
+
+    /// Starts a server on `addr` (a loopback address; port 0 for any), e.g. the address
+    /// of a server that was stopped, to restart it where clients expect it.
+    pub async fn start_on(addr: SocketAddr, settings: Settings) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind a loopback address");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(itc_server::serve(listener, settings, async {
