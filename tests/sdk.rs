@@ -159,3 +159,120 @@ async fn coordinate_and_wait_for_the_answer() {
     assert_eq!(answering.await.unwrap(), command.id);
     client.release_lock("sup", &lock).await.unwrap();
 }
+
+/// The agent side: a checkpoint after an interrupt returns `Interrupted`; the command is
+/// pushed to the task handle, applied; `request_input` returns the human's answer; a
+/// dropped handle fails its task; a lock guard releases on drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_handles_interrupts_questions_and_drops() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let agent = client.agent("worker").connect().await.unwrap();
+    let human = client
+        .coordinator("alice")
+        .kind(SessionKind::Human)
+        .connect()
+        .await
+        .unwrap();
+
+    let mut task = agent.start_task("long job").await.unwrap();
+    let mut commands = task.commands().unwrap();
+    task.checkpoint(0.2, "step 1").await.unwrap();
+
+    // Interrupt: pushed to the handle at once; the next checkpoint says stop.
+    let sent = human
+        .coordinate(task.id(), Action::Interrupt)
+        .data(json!({"reason": "check the output"}))
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    let pushed = tokio::time::timeout(DEADLINE, commands.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (pushed.id.as_str(), pushed.action),
+        (sent.id.as_str(), Action::Interrupt)
+    );
+    match task.checkpoint(0.3, "step 2").await {
+        Err(Error::Interrupted { reason, .. }) => assert_eq!(reason, "check the output"),
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
+    let applied = task.apply(&pushed, None).await.unwrap();
+    assert_eq!(applied.state, CommandState::Applied);
+    human.coordinate(task.id(), Action::Resume).send().await.unwrap();
+
+    // A question answered by the human.
+    let mut asks = client
+        .subscribe()
+        .task(task.id())
+        .events([EventType::InputRequested])
+        .start()
+        .await
+        .unwrap();
+    let answering = {
+        let human = human.clone();
+        tokio::spawn(async move {
+            let asked = tokio::time::timeout(DEADLINE, asks.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let request = asked.input.unwrap();
+            assert_eq!(request.choices, vec!["approve", "deny"]);
+            human.answer(&request.id, json!("approve")).await.unwrap();
+        })
+    };
+    let answer = tokio::time::timeout(
+        DEADLINE,
+        task.request_input("Deploy to production?")
+            .choices(["approve", "deny"])
+            .send(),
+    )
+    .await
+    .expect("answered before the deadline")
+    .unwrap();
+    assert_eq!(answer.answer, Some(json!("approve")));
+    assert_eq!(answer.answered_by.as_deref(), Some("alice"));
+    answering.await.unwrap();
+
+    // Dropped while running: the task fails with a clear reason.
+    let id = task.id().to_owned();
+    drop(task);
+    let failed = tokio::time::timeout(DEADLINE, async {
+        let mut changes = client
+            .subscribe()
+            .task(&id)
+            .events([EventType::TaskFailed])
+            .after_seq(0)
+            .start()
+            .await
+            .unwrap();
+        changes.next().await.unwrap().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(failed.task.unwrap().error.unwrap().contains("dropped its task handle"));
+
+    // A lock guard holds the lock and releases it when dropped.
+    let other = agent.start_task("second").await.unwrap();
+    let guard = human.lock(other.id()).await.unwrap();
+    assert_eq!(
+        client.get_task(other.id()).await.unwrap().lock.unwrap().holder_id,
+        "alice"
+    );
+    let mut released = client
+        .subscribe()
+        .task(other.id())
+        .events([EventType::LockReleased])
+        .start()
+        .await
+        .unwrap();
+    drop(guard);
+    tokio::time::timeout(DEADLINE, released.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(client.get_task(other.id()).await.unwrap().lock.is_none());
+    other.complete(json!({"ok": true})).await.unwrap();
+    human.close().await.unwrap();
+}

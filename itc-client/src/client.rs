@@ -284,7 +284,7 @@ impl Client {
         }
     }
 
-    pub(crate) fn agent(&self) -> AgentServiceClient<Channel> {
+    pub(crate) fn agent_stub(&self) -> AgentServiceClient<Channel> {
         AgentServiceClient::new(self.channel.clone())
     }
 
@@ -292,11 +292,11 @@ impl Client {
         MonitorServiceClient::new(self.channel.clone())
     }
 
-    pub(crate) fn coordinator(&self) -> CoordinatorServiceClient<Channel> {
+    pub(crate) fn coordinator_stub(&self) -> CoordinatorServiceClient<Channel> {
         CoordinatorServiceClient::new(self.channel.clone())
     }
 
-    pub(crate) fn sessions(&self) -> SessionServiceClient<Channel> {
+    pub(crate) fn sessions_stub(&self) -> SessionServiceClient<Channel> {
         SessionServiceClient::new(self.channel.clone())
     }
 
@@ -304,7 +304,7 @@ impl Client {
     /// unless it has its own id: give it one with [`StartTask::with_task_id`]).
     pub async fn start_task(&self, options: StartTask) -> Result<Task, Error> {
         let request = options.to_proto()?;
-        let response = self.agent().start_task(request).await?.into_inner();
+        let response = self.agent_stub().start_task(request).await?.into_inner();
         response
             .task
             .as_ref()
@@ -324,7 +324,7 @@ impl Client {
             progress,
             message: message.into(),
         };
-        let ack = self.agent().report_progress(request).await?.into_inner();
+        let ack = self.agent_stub().report_progress(request).await?.into_inner();
         Ok(Ack {
             version: ack.version,
             seq: ack.seq,
@@ -338,7 +338,7 @@ impl Client {
             task_id: task_id.to_owned(),
             data: Some(object("data", &data)?),
         };
-        let ack = self.agent().publish_update(request).await?.into_inner();
+        let ack = self.agent_stub().publish_update(request).await?.into_inner();
         Ok(Ack {
             version: ack.version,
             seq: ack.seq,
@@ -352,7 +352,7 @@ impl Client {
             task_id: task_id.to_owned(),
             result: Some(json_to_value(&result)),
         };
-        let response = self.agent().complete_task(request).await?.into_inner();
+        let response = self.agent_stub().complete_task(request).await?.into_inner();
         response
             .task
             .as_ref()
@@ -369,7 +369,7 @@ impl Client {
                 details: None,
             }),
         };
-        let response = self.agent().fail_task(request).await?.into_inner();
+        let response = self.agent_stub().fail_task(request).await?.into_inner();
         response
             .task
             .as_ref()
@@ -383,7 +383,7 @@ impl Client {
             task_id: task_id.to_owned(),
             reason: reason.into(),
         };
-        let response = self.agent().cancel_task(request).await?.into_inner();
+        let response = self.agent_stub().cancel_task(request).await?.into_inner();
         response
             .task
             .as_ref()

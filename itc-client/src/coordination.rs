@@ -86,7 +86,7 @@ impl CoordinateCall {
         };
         let response = retry
             .run(|| {
-                let mut coordinator = self.client.coordinator();
+                let mut coordinator = self.client.coordinator_stub();
                 let request = self.request.clone();
                 async move { coordinator.coordinate(request).await }
             })
@@ -122,7 +122,7 @@ impl Client {
         let response = self
             .retry
             .run(|| {
-                let mut coordinator = self.coordinator();
+                let mut coordinator = self.coordinator_stub();
                 let request = request.clone();
                 async move { coordinator.get_command(request).await }
             })
@@ -147,7 +147,7 @@ impl Client {
             coordinator_id: coordinator_id.to_owned(),
             lease: lease.and_then(|l| prost_types::Duration::try_from(l).ok()),
         };
-        let response = self.coordinator().acquire_lock(request).await?.into_inner();
+        let response = self.coordinator_stub().acquire_lock(request).await?.into_inner();
         response
             .lock
             .as_ref()
@@ -163,7 +163,7 @@ impl Client {
             fencing_token: lock.fencing_token,
             lease: lease.and_then(|l| prost_types::Duration::try_from(l).ok()),
         };
-        let response = self.coordinator().renew_lock(request).await?.into_inner();
+        let response = self.coordinator_stub().renew_lock(request).await?.into_inner();
         response
             .lock
             .as_ref()
@@ -178,7 +178,7 @@ impl Client {
             coordinator_id: coordinator_id.to_owned(),
             fencing_token: lock.fencing_token,
         };
-        self.coordinator().release_lock(request).await?;
+        self.coordinator_stub().release_lock(request).await?;
         Ok(())
     }
 
@@ -189,7 +189,7 @@ impl Client {
             coordinator_id: coordinator_id.to_owned(),
             answer: Some(json_to_value(&answer)),
         };
-        let response = self.coordinator().answer_input(request).await?.into_inner();
+        let response = self.coordinator_stub().answer_input(request).await?.into_inner();
         response
             .input
             .as_ref()
@@ -203,7 +203,12 @@ impl Client {
             coordinator_id: coordinator_id.to_owned(),
             reason: reason.to_owned(),
         };
-        Ok(self.coordinator().interrupt_all(request).await?.into_inner().task_ids)
+        Ok(self
+            .coordinator_stub()
+            .interrupt_all(request)
+            .await?
+            .into_inner()
+            .task_ids)
     }
 
     /// Resumes every interrupted task; returns their ids.
@@ -211,7 +216,7 @@ impl Client {
         let request = pb::ResumeAllRequest {
             coordinator_id: coordinator_id.to_owned(),
         };
-        Ok(self.coordinator().resume_all(request).await?.into_inner().task_ids)
+        Ok(self.coordinator_stub().resume_all(request).await?.into_inner().task_ids)
     }
 }
 
@@ -259,7 +264,7 @@ impl Client {
             }),
             lease_ttl: None,
         };
-        let response = self.sessions().connect(request).await?.into_inner();
+        let response = self.sessions_stub().connect(request).await?.into_inner();
         let session = response.session.ok_or_else(|| Error::missing("session"))?;
         Ok(session
             .lease_ttl
@@ -272,7 +277,7 @@ impl Client {
         let request = pb::DisconnectRequest {
             session_id: session_id.to_owned(),
         };
-        self.sessions().disconnect(request).await?;
+        self.sessions_stub().disconnect(request).await?;
         Ok(())
     }
 }

@@ -33,13 +33,17 @@
 mod client;
 mod coordination;
 mod error;
+mod session;
 mod stream;
+mod task;
 pub mod types;
 
 pub use client::{Ack, Client, ClientBuilder, RetryPolicy, StartTask, StatusQuery};
 pub use coordination::{Capabilities, CoordinateCall, SessionKind};
 pub use error::Error;
+pub use session::{Session, SessionBuilder, SessionState};
 pub use stream::{EventStream, SubscriptionBuilder};
+pub use task::{InputCall, LockGuard, TaskHandle};
 pub use types::{
     Action, Command, CommandState, Event, EventType, InputRequest, InputState, Lock, StatusPage, Task, TaskStatus,
 };

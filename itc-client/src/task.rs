@@ -1,0 +1,324 @@
+//! Tasks as an agent runs them: a handle that reports, checks for interrupts, receives
+//! commands, asks questions, and finishes — and fails its task if dropped while running.
+
+use std::time::Duration;
+
+use itc_proto::json::json_to_value;
+use itc_proto::v1 as pb;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::client::{Ack, StartTask, object};
+use crate::error::Error;
+use crate::session::Session;
+use crate::types::{Command, InputRequest, Lock, Task, TaskStatus};
+
+/// A running task of an agent session. Finish it with [`TaskHandle::complete`],
+/// [`TaskHandle::fail`] or [`TaskHandle::cancel`]; dropped while running, it marks the
+/// task FAILED with a clear reason, so tasks never leak.
+#[derive(Debug)]
+pub struct TaskHandle {
+    session: Session,
+    task: Task,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    finished: bool,
+}
+
+impl Session {
+    /// Starts a task of this agent doing `description`.
+    pub async fn start_task(&self, description: impl Into<String>) -> Result<TaskHandle, Error> {
+        self.start_task_with(StartTask::new(self.id(), description)).await
+    }
+
+    /// Starts a task with options (its agent is this session).
+    pub async fn start_task_with(&self, mut options: StartTask) -> Result<TaskHandle, Error> {
+        options.agent_id = self.id().to_owned();
+        let task = self.client().start_task(options).await?;
+        let commands = self.route_commands(&task.id);
+        Ok(TaskHandle {
+            session: self.clone(),
+            task,
+            commands: Some(commands),
+            finished: false,
+        })
+    }
+}
+
+/// A question to ask, built by [`TaskHandle::request_input`]; `.await` it for the answer.
+#[derive(Debug)]
+pub struct InputCall<'a> {
+    handle: &'a TaskHandle,
+    request: pb::RequestInputRequest,
+}
+
+impl InputCall<'_> {
+    /// Allowed answers.
+    #[must_use]
+    pub fn choices(mut self, choices: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.request.choices = choices.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long to wait; at the deadline the request expires (with `default` as answer,
+    /// if given).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration, default: Option<Value>) -> Self {
+        self.request.timeout = prost_types::Duration::try_from(timeout).ok();
+        if let Some(value) = default {
+            self.request.default_value = Some(json_to_value(&value));
+            self.request.timeout_action = pb::InputTimeoutAction::UseDefault as i32;
+        }
+        self
+    }
+
+    /// Asks, and waits for the answer (or the deadline); the same as `.await`.
+    pub async fn send(self) -> Result<InputRequest, Error> {
+        self.await
+    }
+}
+
+impl std::future::IntoFuture for InputCall<'_> {
+    type Output = Result<InputRequest, Error>;
+    type IntoFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let session = self.handle.session.clone();
+        let request = self.request;
+        Box::pin(async move {
+            let asked = session
+                .client()
+                .agent_stub()
+                .request_input(request)
+                .await?
+                .into_inner()
+                .input
+                .ok_or_else(|| Error::missing("input"))?;
+            session.wait_input(&asked.request_id).await
+        })
+    }
+}
+
+impl TaskHandle {
+    /// The task's id.
+    pub fn id(&self) -> &str {
+        &self.task.id
+    }
+
+    /// The task as it was started.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Reports progress in [0, 1] with a status line.
+    pub async fn progress(&self, progress: f64, message: impl Into<String>) -> Result<Ack, Error> {
+        self.session
+            .client()
+            .report_progress(&self.task.id, progress, message)
+            .await
+    }
+
+    /// Publishes structured real-time data (anything that serializes to a JSON object).
+    pub async fn update(&self, data: impl Serialize) -> Result<Ack, Error> {
+        let value = serde_json::to_value(data).map_err(|e| Error::InvalidData {
+            field: "data",
+            reason: e.to_string(),
+        })?;
+        object("data", &value)?;
+        self.session.client().publish_update(&self.task.id, value).await
+    }
+
+    /// Reports progress, and returns [`Error::Interrupted`] if a coordinator interrupted
+    /// the task: the place to stop (the seed's `itc_checkpoint`).
+    pub async fn checkpoint(&self, progress: f64, message: impl Into<String>) -> Result<Ack, Error> {
+        let ack = self.progress(progress, message).await?;
+        if ack.status == Some(TaskStatus::Interrupted) {
+            let reason = self
+                .session
+                .client()
+                .get_task(&self.task.id)
+                .await
+                .ok()
+                .and_then(|t| t.reason)
+                .unwrap_or_else(|| "interrupted".into());
+            return Err(Error::Interrupted {
+                task_id: self.task.id.clone(),
+                reason,
+            });
+        }
+        Ok(ack)
+    }
+
+    /// The coordination commands pushed for this task, as they arrive (once each). Answer
+    /// each with [`TaskHandle::apply`] or [`TaskHandle::reject`]. Can be taken once.
+    pub fn commands(&mut self) -> Option<mpsc::UnboundedReceiver<Command>> {
+        self.commands.take()
+    }
+
+    /// Tells the coordinator the command was applied (with an answer, for a query).
+    pub async fn apply(&self, command: &Command, result: Option<Value>) -> Result<Command, Error> {
+        self.acknowledge(command, pb::CommandState::Applied, String::new(), result)
+            .await
+    }
+
+    /// Tells the coordinator the command was refused, and why.
+    pub async fn reject(&self, command: &Command, reason: impl Into<String>) -> Result<Command, Error> {
+        self.acknowledge(command, pb::CommandState::Rejected, reason.into(), None)
+            .await
+    }
+
+    async fn acknowledge(
+        &self,
+        command: &Command,
+        outcome: pb::CommandState,
+        reason: String,
+        result: Option<Value>,
+    ) -> Result<Command, Error> {
+        let request = pb::AcknowledgeCommandRequest {
+            command_id: command.id.clone(),
+            outcome: outcome as i32,
+            reason,
+            result: result.as_ref().map(json_to_value),
+        };
+        let response = self
+            .session
+            .client()
+            .agent_stub()
+            .acknowledge_command(request)
+            .await?
+            .into_inner();
+        response
+            .command
+            .as_ref()
+            .map(Command::from_proto)
+            .ok_or_else(|| Error::missing("command"))
+    }
+
+    /// Asks a human or coordinator a question; `.await` it (or `.send().await`) for the
+    /// answer.
+    pub fn request_input(&self, prompt: impl Into<String>) -> InputCall<'_> {
+        InputCall {
+            handle: self,
+            request: pb::RequestInputRequest {
+                task_id: self.task.id.clone(),
+                prompt: prompt.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Finishes the task as COMPLETED with a result.
+    pub async fn complete(mut self, result: impl Serialize) -> Result<Task, Error> {
+        let value = serde_json::to_value(result).map_err(|e| Error::InvalidData {
+            field: "result",
+            reason: e.to_string(),
+        })?;
+        let task = self.session.client().complete_task(&self.task.id, value).await?;
+        self.finished = true;
+        Ok(task)
+    }
+
+    /// Finishes the task as FAILED.
+    pub async fn fail(mut self, error: impl Into<String>) -> Result<Task, Error> {
+        let task = self.session.client().fail_task(&self.task.id, error).await?;
+        self.finished = true;
+        Ok(task)
+    }
+
+    /// Finishes the task as CANCELLED.
+    pub async fn cancel(mut self, reason: impl Into<String>) -> Result<Task, Error> {
+        let task = self.session.client().cancel_task(&self.task.id, reason).await?;
+        self.finished = true;
+        Ok(task)
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        self.session.forget_task(&self.task.id);
+        if self.finished {
+            return;
+        }
+        // Never leak a running task (the seed did on its error paths): fail it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.session.client().clone();
+            let id = self.task.id.clone();
+            runtime.spawn(async move {
+                let reason = "the agent dropped its task handle without finishing the task (an error path or a panic)";
+                if let Err(e) = client.fail_task(&id, reason).await {
+                    // Already finished by a coordinator (cancelled), or the server is gone.
+                    let _ = e;
+                }
+            });
+        }
+    }
+}
+
+/// A held lock that renews itself in the background and is released when dropped (or
+/// by [`LockGuard::release`]).
+#[derive(Debug)]
+pub struct LockGuard {
+    session: Session,
+    lock: Lock,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Session {
+    /// Takes a task's lock; it renews itself until released or dropped.
+    pub async fn lock(&self, task_id: &str) -> Result<LockGuard, Error> {
+        let lock = self.client().acquire_lock(self.id(), task_id, None).await?;
+        let lease = lock
+            .expires
+            .and_then(|e| e.duration_since(std::time::SystemTime::now()).ok())
+            .unwrap_or(Duration::from_secs(1));
+        let renewer = {
+            let session = self.clone();
+            let lock = lock.clone();
+            tokio::spawn(async move {
+                let period = (lease / 3).max(Duration::from_millis(50));
+                loop {
+                    tokio::time::sleep(period).await;
+                    if session.client().renew_lock(session.id(), &lock, None).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(LockGuard {
+            session: self.clone(),
+            lock,
+            renewer: Some(renewer),
+        })
+    }
+}
+
+impl LockGuard {
+    /// The lock (its fencing token goes with commands: [`crate::CoordinateCall::under`]).
+    pub fn lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// Releases the lock now.
+    pub async fn release(mut self) -> Result<(), Error> {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        self.session.client().release_lock(self.session.id(), &self.lock).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(renewer) = self.renewer.take() else {
+            return;
+        };
+        renewer.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let session = self.session.clone();
+            let lock = self.lock.clone();
+            runtime.spawn(async move {
+                let _ = session.client().release_lock(session.id(), &lock).await;
+            });
+        }
+    }
+}
