@@ -25,6 +25,19 @@ done
 step "cargo test (unit, end-to-end, doc)"
 cargo test --workspace --locked
 
+step "examples: each runs to completion against an in-process server"
+cargo build --examples --locked --quiet
+for example in simple_streaming streaming_coordination background_monitoring human_in_the_loop; do
+  echo "--- example $example"
+  timeout 60 "target/debug/examples/$example" >"target/example-$example.log" 2>&1 || {
+    tail -n 30 "target/example-$example.log"
+    echo "example $example failed" >&2
+    exit 1
+  }
+  tail -n 3 "target/example-$example.log"
+done
+echo "examples: 4 passed, 0 failed"
+
 step "buf lint"
 (cd proto && "$ROOT/.tools/node_modules/.bin/buf" lint)
 echo "buf lint: passed"
@@ -37,4 +50,4 @@ step "python check: stubs generated from proto/"
 bash scripts/check-python.sh
 
 printf '\nall checks passed in %ss\n' "$((SECONDS - started))"
-echo "checks: 8 passed, 0 failed"
+echo "checks: 9 passed, 0 failed"
