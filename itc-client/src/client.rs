@@ -85,6 +85,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -95,7 +96,16 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             request_timeout: None,
             retry: RetryPolicy::default(),
+            token: None,
         }
+    }
+
+    /// A bearer token sent with every call (`authorization: Bearer <token>`), for servers
+    /// that require authentication.
+    #[must_use]
+    pub fn with_auth_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// How long connecting may take (default 10 s).
@@ -132,9 +142,19 @@ impl ClientBuilder {
         if let Some(timeout) = self.request_timeout {
             endpoint = endpoint.timeout(timeout);
         }
+        let auth = match &self.token {
+            None => Auth::default(),
+            Some(token) => Auth(Some(format!("Bearer {token}").parse().map_err(|_| {
+                Error::InvalidData {
+                    field: "auth_token",
+                    reason: "must be printable ASCII".into(),
+                }
+            })?)),
+        };
         let channel = endpoint.connect().await?;
         let mut client = Client::from_channel(channel);
         client.retry = self.retry;
+        client.auth = auth;
         client.endpoint = Some(endpoint_for_streams(&self.uri, self.connect_timeout));
         Ok(client)
     }
@@ -159,6 +179,24 @@ pub struct Client {
     pub(crate) retry: RetryPolicy,
     /// Where subscriptions open their own connection (`None`: share `channel`).
     pub(crate) endpoint: Option<Endpoint>,
+    /// The bearer token every call carries, if any.
+    pub(crate) auth: Auth,
+}
+
+/// A channel whose calls carry the client's bearer token.
+pub(crate) type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// Options of [`Client::start_task`].
@@ -281,23 +319,24 @@ impl Client {
             channel,
             retry: RetryPolicy::default(),
             endpoint: None,
+            auth: Auth::default(),
         }
     }
 
-    pub(crate) fn agent_stub(&self) -> AgentServiceClient<Channel> {
-        AgentServiceClient::new(self.channel.clone())
+    pub(crate) fn agent_stub(&self) -> AgentServiceClient<Authed> {
+        AgentServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
-    pub(crate) fn monitor(&self) -> MonitorServiceClient<Channel> {
-        MonitorServiceClient::new(self.channel.clone())
+    pub(crate) fn monitor(&self) -> MonitorServiceClient<Authed> {
+        MonitorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
-    pub(crate) fn coordinator_stub(&self) -> CoordinatorServiceClient<Channel> {
-        CoordinatorServiceClient::new(self.channel.clone())
+    pub(crate) fn coordinator_stub(&self) -> CoordinatorServiceClient<Authed> {
+        CoordinatorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
-    pub(crate) fn sessions_stub(&self) -> SessionServiceClient<Channel> {
-        SessionServiceClient::new(self.channel.clone())
+    pub(crate) fn sessions_stub(&self) -> SessionServiceClient<Authed> {
+        SessionServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// Starts a task; returns it with its id. Not retried (a retry could start it twice
@@ -432,18 +471,34 @@ impl Client {
         Ok(StatusPage::from_proto(response))
     }
 
+    /// The pages of a query, one after the other, as a stream (it ends after the last
+    /// page, or after an error).
+    pub fn status_pages(&self, query: StatusQuery) -> impl tokio_stream::Stream<Item = Result<StatusPage, Error>> + '_ {
+        futures_util::stream::unfold(Some(query), move |next| async move {
+            let mut query = next?;
+            match self.status(query.clone()).await {
+                Ok(page) => {
+                    let following = page.next_page_token.clone().map(|token| {
+                        query.page_token = Some(token);
+                        query
+                    });
+                    Some((Ok(page), following))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
     /// Every task matching `query`, page after page (the query's page size and token set
     /// where to start).
-    pub async fn all_tasks(&self, mut query: StatusQuery) -> Result<Vec<Task>, Error> {
+    pub async fn all_tasks(&self, query: StatusQuery) -> Result<Vec<Task>, Error> {
+        use tokio_stream::StreamExt;
         let mut tasks = Vec::new();
-        loop {
-            let page = self.status(query.clone()).await?;
-            tasks.extend(page.tasks);
-            match page.next_page_token {
-                Some(token) => query.page_token = Some(token),
-                None => return Ok(tasks),
-            }
+        let mut pages = std::pin::pin!(self.status_pages(query));
+        while let Some(page) = pages.next().await {
+            tasks.extend(page?.tasks);
         }
+        Ok(tasks)
     }
 
     /// One input request by id (retried on UNAVAILABLE).
@@ -497,6 +552,23 @@ mod tests {
                 assert!(policy.backoff(attempt) <= cap);
             }
         }
+    }
+
+    /// A token rides on every call as `authorization: Bearer <token>`.
+    #[test]
+    fn auth_token_header() {
+        use tonic::service::Interceptor;
+        let mut auth = Auth(Some("Bearer s3cret".parse().unwrap()));
+        let request = auth.call(tonic::Request::new(())).unwrap();
+        assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer s3cret");
+        let mut none = Auth::default();
+        assert!(
+            none.call(tonic::Request::new(()))
+                .unwrap()
+                .metadata()
+                .get("authorization")
+                .is_none()
+        );
     }
 
     /// Only UNAVAILABLE is retried, up to the attempts allowed.

@@ -102,6 +102,7 @@ impl SubscriptionBuilder {
             snapshot: self.snapshot,
             session_id: self.session_id,
             resume: resume.clone(),
+            auth: self.client.auth.clone(),
             started: self.after_seq.is_some(),
             current: None,
             done: false,
@@ -154,6 +155,7 @@ struct Resuming {
     snapshot: bool,
     session_id: String,
     resume: Arc<AtomicU64>,
+    auth: crate::client::Auth,
     /// Whether the resume point is meaningful (set by the caller or by the server).
     started: bool,
     current: Option<tonic::Streaming<pb::SubscribeResponse>>,
@@ -169,7 +171,7 @@ impl Resuming {
             snapshot: self.snapshot,
             session_id: self.session_id.clone(),
         };
-        let stream = MonitorServiceClient::new(self.channel.clone())
+        let stream = MonitorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .subscribe(request)
             .await
             .map_err(|status| out_of_range(status, self.resume.load(Ordering::Acquire)))?
