@@ -276,3 +276,90 @@ async fn agent_handles_interrupts_questions_and_drops() {
     other.complete(json!({"ok": true})).await.unwrap();
     human.close().await.unwrap();
 }
+
+/// The next event of `kind` (heartbeats and other events skipped), within the deadline.
+async fn next_of(stream: &mut itc_client::EventStream, kind: EventType) -> itc_client::Event {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = stream.next().await.expect("the stream goes on").expect("no error");
+            if event.kind == kind {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the event before the deadline")
+}
+
+/// Waits (bounded) until the server lists exactly `expected` as connected sessions.
+async fn sessions_become(client: &itc_client::Client, expected: &[&str]) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let status = client.status(Default::default()).await.unwrap();
+            let ids: Vec<&str> = status.sessions.iter().map(|(id, _)| id.as_str()).collect();
+            if ids == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("sessions never became {expected:?}"));
+}
+
+/// Dropping the last handle of a session ends it on the server; a handle taken over by a
+/// newer connection of the same id learns it (Ended) and, dropped, leaves the new owner
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_drop_and_takeover() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let first = client.coordinator("sup").connect().await.unwrap();
+    sessions_become(&client, &["sup"]).await;
+    drop(first);
+    sessions_become(&client, &[]).await;
+
+    let old = client.coordinator("sup").connect().await.unwrap();
+    let mut state = old.state();
+    let new = client.coordinator("sup").connect().await.unwrap();
+    client
+        .start_task(StartTask::new("agent", "x").with_task_id("t"))
+        .await
+        .unwrap();
+    let guard = new.lock("t").await.unwrap();
+    tokio::time::timeout(
+        DEADLINE,
+        state.wait_for(|s| matches!(s, itc_client::SessionState::Ended(_))),
+    )
+    .await
+    .expect("the old handle learns it was taken over")
+    .unwrap();
+    drop(state);
+    drop(old);
+    // The new owner keeps its session and its lock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sessions_become(&client, &["sup"]).await;
+    assert_eq!(client.get_task("t").await.unwrap().lock.unwrap().holder_id, "sup");
+    guard.release().await.unwrap();
+    new.close().await.unwrap();
+}
+
+/// A snapshot subscription gets the current state of each matching task, then the live
+/// events after it.
+#[tokio::test]
+async fn snapshot_then_live() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client
+        .start_task(StartTask::new("agent", "one").with_task_id("a"))
+        .await
+        .unwrap();
+    client.report_progress("a", 0.5, "half").await.unwrap();
+    let mut events = client.subscribe().agent("agent").snapshot(true).start().await.unwrap();
+    let snapshot = next_of(&mut events, EventType::TaskSnapshot).await;
+    assert_eq!(snapshot.task.unwrap().progress, 0.5);
+    client.report_progress("a", 0.75, "more").await.unwrap();
+    let live = next_of(&mut events, EventType::TaskProgress).await;
+    assert_eq!(live.progress.unwrap().0, 0.75);
+    assert_eq!(events.resume_after_seq(), live.seq);
+}

@@ -19,7 +19,8 @@ pub enum Error {
     #[error("cannot connect to the ITC server: {0}")]
     Connect(#[from] tonic::transport::Error),
     /// The server refused the request or failed; the status says why. Retryable only
-    /// for UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED.
+    /// for UNAVAILABLE and RESOURCE_EXHAUSTED (a DEADLINE_EXCEEDED call may have taken
+    /// effect: retry it only if it is idempotent).
     #[error("{} ({:?})", .0.message(), .0.code())]
     Status(#[from] tonic::Status),
     /// Data given to a call cannot be sent (e.g. it must be a JSON object). Not
@@ -68,10 +69,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect(_) | Error::SessionEnded { .. } => true,
-            Error::Status(status) => matches!(
-                status.code(),
-                Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
-            ),
+            Error::Status(status) => matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
             Error::InvalidUri { .. }
             | Error::InvalidData { .. }
             | Error::OutOfRange { .. }

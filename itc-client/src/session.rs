@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use itc_proto::v1 as pb;
@@ -16,6 +16,9 @@ use crate::client::{Client, RetryPolicy};
 use crate::coordination::{Capabilities, CoordinateCall, SessionKind};
 use crate::error::Error;
 use crate::types::{Action, Command, InputRequest};
+
+/// Command ids remembered to drop duplicate deliveries.
+const KEPT_SEEN: usize = 10_000;
 
 /// Where a session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,10 @@ struct Routes {
     answered: HashMap<String, InputRequest>,
     /// Tasks the agent works on: named in every ping (keeps them from STALLED).
     tasks: HashSet<String>,
+    /// Commands pushed before their task was routed.
+    unrouted: HashMap<String, Vec<Command>>,
+    /// `seen` in arrival order, to bound it.
+    seen_order: std::collections::VecDeque<String>,
     background: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -112,24 +119,48 @@ impl Inner {
                 if !routes.seen.insert(command.id.clone()) {
                     return;
                 }
-                if let Some(tx) = routes.commands.get(&command.task_id) {
-                    let _ = tx.send(command);
-                }
-            }
-            pb::heartbeat_response::Message::Input(i) => {
-                let input = InputRequest::from_proto(&i);
-                let mut routes = self.routes();
-                match routes.inputs.remove(&input.id) {
-                    Some(waiter) => {
-                        let _ = waiter.send(input);
-                    }
-                    None => {
-                        routes.answered.insert(input.id.clone(), input);
+                routes.seen_order.push_back(command.id.clone());
+                while routes.seen_order.len() > KEPT_SEEN {
+                    if let Some(old) = routes.seen_order.pop_front() {
+                        routes.seen.remove(&old);
                     }
                 }
+                match routes.commands.get(&command.task_id) {
+                    Some(tx) => {
+                        let _ = tx.send(command);
+                    }
+                    // Pushed before its task handle routed it (right after StartTask).
+                    None => routes
+                        .unrouted
+                        .entry(command.task_id.clone())
+                        .or_default()
+                        .push(command),
+                }
             }
+            pb::heartbeat_response::Message::Input(i) => self.deliver_input(InputRequest::from_proto(&i)),
             _ => {}
         }
+    }
+
+    fn deliver_input(&self, input: InputRequest) {
+        let mut routes = self.routes();
+        match routes.inputs.remove(&input.id) {
+            Some(waiter) => {
+                let _ = waiter.send(input);
+            }
+            None => {
+                routes.answered.insert(input.id.clone(), input);
+            }
+        }
+    }
+
+    /// The session is over: waiters learn it, command streams close.
+    fn end(&self, reason: String) {
+        let mut routes = self.routes();
+        routes.inputs.clear();
+        routes.commands.clear();
+        drop(routes);
+        self.state.send_replace(SessionState::Ended(reason));
     }
 }
 
@@ -191,11 +222,15 @@ impl Session {
 
     /// Ends the session (its locks are released and its streams end).
     pub async fn close(self) -> Result<(), Error> {
-        self.inner.closed.store(true, Ordering::SeqCst);
+        let already = self.inner.closed.swap(true, Ordering::SeqCst);
         if let Some(background) = self.inner.routes().background.take() {
             background.abort();
         }
-        self.inner.state.send_replace(SessionState::Ended("closed".into()));
+        self.inner.end("closed".into());
+        if already {
+            // Taken over or disconnected already: the id belongs to someone else now.
+            return Ok(());
+        }
         self.inner.client.close_session(&self.inner.id).await
     }
 
@@ -203,6 +238,9 @@ impl Session {
     pub(crate) fn route_commands(&self, task_id: &str) -> mpsc::UnboundedReceiver<Command> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut routes = self.inner.routes();
+        for command in routes.unrouted.remove(task_id).unwrap_or_default() {
+            let _ = tx.send(command);
+        }
         routes.commands.insert(task_id.to_owned(), tx);
         routes.tasks.insert(task_id.to_owned());
         rx
@@ -213,15 +251,23 @@ impl Session {
         let mut routes = self.inner.routes();
         routes.commands.remove(task_id);
         routes.tasks.remove(task_id);
+        routes.unrouted.remove(task_id);
     }
 
     /// Waits for the input request `request_id` to be answered (or to expire), as pushed
     /// on the heartbeat; checks the server once too, in case the push came before.
     pub(crate) async fn wait_input(&self, request_id: &str) -> Result<InputRequest, Error> {
+        let ended = || Error::SessionEnded {
+            session_id: self.inner.id.clone(),
+            reason: "the session ended while waiting for an answer".into(),
+        };
         let rx = {
             let mut routes = self.inner.routes();
             if let Some(done) = routes.answered.remove(request_id) {
                 return Ok(done);
+            }
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Err(ended());
             }
             let (tx, rx) = oneshot::channel();
             routes.inputs.insert(request_id.to_owned(), tx);
@@ -232,10 +278,7 @@ impl Session {
             self.inner.routes().inputs.remove(request_id);
             return Ok(current);
         }
-        rx.await.map_err(|_| Error::SessionEnded {
-            session_id: self.inner.id.clone(),
-            reason: "the session ended while waiting for an answer".into(),
-        })
+        rx.await.map_err(|_| ended())
     }
 }
 
@@ -259,9 +302,12 @@ impl Drop for Inner {
 }
 
 /// The background heartbeat: pings at a third of the lease, routes pushes, reconnects
-/// after a broken stream or a lost lease, ends on takeover or close.
+/// (with capped backoff) after a broken stream, a lost lease or a draining server, ends on
+/// takeover, disconnect or close. It holds the session only weakly: dropping the last
+/// `Session` ends it.
 async fn run(inner: Arc<Inner>, mut lease: Duration) {
     let weak = Arc::downgrade(&inner);
+    let (client, id) = (inner.client.clone(), inner.id.clone());
     drop(inner);
     let retry = RetryPolicy {
         max_attempts: u32::MAX,
@@ -270,63 +316,87 @@ async fn run(inner: Arc<Inner>, mut lease: Duration) {
     };
     let mut attempt = 0u32;
     loop {
+        let outcome = beat(&weak, &client, &id, lease).await;
         let Some(inner) = weak.upgrade() else { return };
         if inner.closed.load(Ordering::SeqCst) {
             return;
         }
-        let outcome = beat(&inner, lease).await;
-        match outcome {
-            Beat::TakenOver => {
-                inner
-                    .state
-                    .send_replace(SessionState::Ended("taken over by another connection".into()));
+        let reason = match outcome {
+            Beat::Gone => return,
+            Beat::Ended(reason) => Some(reason),
+            Beat::Healthy => {
+                attempt = 0;
+                None
+            }
+            Beat::Broken | Beat::Lost => None,
+        };
+        if let Some(reason) = reason {
+            // Taken over or disconnected elsewhere: this handle must not disconnect the
+            // new owner when dropped.
+            inner.closed.store(true, Ordering::SeqCst);
+            inner.end(reason);
+            return;
+        }
+        inner.state.send_replace(SessionState::Reconnecting);
+        attempt = attempt.saturating_add(1);
+        drop(inner);
+        tokio::time::sleep(retry.backoff(attempt.min(16))).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        // Connect again: a takeover of our own session, or a new one after a loss.
+        match client.open_session(&id, inner.kind, inner.capabilities).await {
+            Ok(granted) => {
+                lease = granted;
+                inner.state.send_replace(SessionState::Connected);
+                // Answers pushed while we were away are not pushed again: ask.
+                let waiting: Vec<String> = inner.routes().inputs.keys().cloned().collect();
+                for request_id in waiting {
+                    if let Ok(current) = client.get_input(&request_id).await
+                        && current.state != crate::types::InputState::Open
+                    {
+                        inner.deliver_input(current);
+                    }
+                }
+            }
+            Err(e) if !e.is_retryable() => {
+                inner.closed.store(true, Ordering::SeqCst);
+                inner.end(format!("cannot connect again: {e}"));
                 return;
             }
-            Beat::Broken | Beat::Lost => {
-                inner.state.send_replace(SessionState::Reconnecting);
-                attempt += 1;
-                let wait = retry.backoff(attempt.min(16));
-                drop(inner);
-                tokio::time::sleep(wait).await;
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                // Connect again: a takeover of our own session, or a new one after a loss.
-                match inner
-                    .client
-                    .open_session(&inner.id, inner.kind, inner.capabilities)
-                    .await
-                {
-                    Ok(granted) => {
-                        lease = granted;
-                        attempt = 0;
-                        inner.state.send_replace(SessionState::Connected);
-                    }
-                    Err(_) => continue,
-                }
-            }
+            Err(_) => {}
         }
     }
 }
 
 enum Beat {
+    /// The stream broke after working for a while (reconnect at once).
+    Healthy,
+    /// The stream broke (or could not open).
     Broken,
+    /// The lease was lost: connect again.
     Lost,
-    TakenOver,
+    /// The session is over for this handle (taken over, disconnected).
+    Ended(String),
+    /// Every `Session` was dropped.
+    Gone,
 }
 
 /// One Heartbeat stream, until it breaks or the server says the session is over.
-async fn beat(inner: &Arc<Inner>, lease: Duration) -> Beat {
-    let (tx, rx) = mpsc::channel::<pb::HeartbeatRequest>(4);
-    let ping = |inner: &Inner| pb::HeartbeatRequest {
-        session_id: inner.id.clone(),
-        task_ids: inner.routes().tasks.iter().cloned().collect(),
+async fn beat(weak: &Weak<Inner>, client: &Client, id: &str, lease: Duration) -> Beat {
+    let ping = |weak: &Weak<Inner>| {
+        weak.upgrade().map(|inner| pb::HeartbeatRequest {
+            session_id: id.to_owned(),
+            task_ids: inner.routes().tasks.iter().cloned().collect(),
+        })
     };
-    if tx.send(ping(inner)).await.is_err() {
+    let (tx, rx) = mpsc::channel::<pb::HeartbeatRequest>(4);
+    let Some(first) = ping(weak) else { return Beat::Gone };
+    if tx.send(first).await.is_err() {
         return Beat::Broken;
     }
-    let mut responses = match inner.client.sessions_stub().heartbeat(ReceiverStream::new(rx)).await {
+    let mut responses = match client.sessions_stub().heartbeat(ReceiverStream::new(rx)).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound => return Beat::Lost,
         Err(_) => return Beat::Broken,
@@ -334,28 +404,41 @@ async fn beat(inner: &Arc<Inner>, lease: Duration) -> Beat {
     let period = (lease / 3).max(Duration::from_millis(50));
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
+    let opened = tokio::time::Instant::now();
+    let broken = || {
+        if opened.elapsed() > lease {
+            Beat::Healthy
+        } else {
+            Beat::Broken
+        }
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if tx.send(ping(inner)).await.is_err() {
-                    return Beat::Broken;
+                let Some(next) = ping(weak) else { return Beat::Gone };
+                if tx.send(next).await.is_err() {
+                    return broken();
                 }
             }
             message = responses.next() => match message {
                 Some(Ok(pb::HeartbeatResponse { message: Some(message) })) => match message {
                     pb::heartbeat_response::Message::Notice(notice) => {
                         return match notice.kind() {
-                            pb::NoticeKind::TakenOver => Beat::TakenOver,
-                            pb::NoticeKind::ServerDraining => Beat::Broken,
+                            pb::NoticeKind::TakenOver => Beat::Ended("taken over by another connection".into()),
+                            pb::NoticeKind::Disconnected => Beat::Ended("disconnected".into()),
+                            pb::NoticeKind::ServerDraining => broken(),
                             _ => Beat::Lost,
                         };
                     }
                     pb::heartbeat_response::Message::Lease(_) => {}
-                    other => inner.deliver(other),
+                    other => match weak.upgrade() {
+                        Some(inner) => inner.deliver(other),
+                        None => return Beat::Gone,
+                    },
                 },
                 Some(Ok(_)) => {}
                 Some(Err(status)) if status.code() == tonic::Code::NotFound => return Beat::Lost,
-                Some(Err(_)) | None => return Beat::Broken,
+                Some(Err(_)) | None => return broken(),
             }
         }
     }

@@ -107,6 +107,9 @@ impl SubscriptionBuilder {
             current: None,
             done: false,
             retry: self.client.retry,
+            pending: None,
+            in_snapshot: false,
+            breaks: 0,
         };
         state.open().await?;
         let stream = futures_util::stream::unfold(state, |mut state| async move {
@@ -161,6 +164,12 @@ struct Resuming {
     current: Option<tonic::Streaming<pb::SubscribeResponse>>,
     done: bool,
     retry: crate::client::RetryPolicy,
+    /// Snapshots are being sent: the resume point they were taken at only counts once
+    /// they are all through (a break before that starts the snapshot over).
+    pending: Option<u64>,
+    in_snapshot: bool,
+    /// Breaks in a row without an event delivered: the backoff before reopening.
+    breaks: u32,
 }
 
 impl Resuming {
@@ -171,6 +180,8 @@ impl Resuming {
             snapshot: self.snapshot,
             session_id: self.session_id.clone(),
         };
+        self.in_snapshot = self.snapshot && !self.started;
+        self.pending = None;
         let stream = MonitorServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .subscribe(request)
             .await
@@ -180,19 +191,27 @@ impl Resuming {
         Ok(())
     }
 
-    /// Reopens after a break, with capped backoff; gives up on lasting errors.
+    /// Reopens after a break: backs off unless events flowed since the last opening;
+    /// gives up on lasting errors.
     async fn reopen(&mut self) -> Result<(), Error> {
-        let mut attempt = 1;
+        self.current = None;
         loop {
+            if self.breaks > 0 {
+                tokio::time::sleep(self.retry.backoff(self.breaks.min(16))).await;
+            }
+            self.breaks = self.breaks.saturating_add(1);
             match self.open().await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() && attempt < RESUME_ATTEMPTS => {
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                    attempt += 1;
-                }
+                Err(e) if e.is_retryable() && self.breaks < RESUME_ATTEMPTS => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn fail(&mut self, error: Error) -> Option<Result<Event, Error>> {
+        self.done = true;
+        self.current = None;
+        Some(Err(error))
     }
 
     async fn next(&mut self) -> Option<Result<Event, Error>> {
@@ -208,48 +227,97 @@ impl Resuming {
                 Some(Ok(pb::SubscribeResponse { event: Some(event) })) => event,
                 Some(Ok(_)) => continue,
                 Some(Err(status)) if status.code() == tonic::Code::OutOfRange => {
-                    self.done = true;
-                    return Some(Err(out_of_range(status, self.resume.load(Ordering::Acquire))));
+                    let error = out_of_range(status, self.resume.load(Ordering::Acquire));
+                    return self.fail(error);
                 }
-                // A broken connection, a restarting server, or a stream that ended without
-                // STREAM_END: resume.
-                Some(Err(_)) | None => {
-                    self.current = None;
+                // A broken connection or a restarting server: resume.
+                Some(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+                {
                     if let Err(e) = self.reopen().await {
-                        self.done = true;
-                        return Some(Err(e));
+                        return self.fail(e);
+                    }
+                    continue;
+                }
+                // Anything else will not go away by resubscribing.
+                Some(Err(status)) => return self.fail(status.into()),
+                // Ended without STREAM_END: resume.
+                None => {
+                    if let Err(e) = self.reopen().await {
+                        return self.fail(e);
                     }
                     continue;
                 }
             };
-            let stream_detail = match &event.detail {
+            let detail = match &event.detail {
                 Some(pb::event::Detail::Stream(detail)) => Some(detail.clone()),
                 _ => None,
             };
             match event.r#type() {
-                EventType::StreamStart | EventType::StreamEnd => {
-                    if let Some(detail) = stream_detail {
-                        self.mark(detail.resume_after_seq);
-                    }
-                    if event.r#type() == EventType::StreamEnd {
-                        // max_stream_duration or drain: continue where it stopped.
-                        self.current = None;
-                        if let Err(e) = self.reopen().await {
-                            self.done = true;
-                            return Some(Err(e));
+                EventType::StreamStart => {
+                    if let Some(detail) = detail {
+                        if self.in_snapshot {
+                            self.pending = Some(detail.resume_after_seq);
+                        } else {
+                            self.mark(detail.resume_after_seq);
                         }
                     }
                     continue;
                 }
-                EventType::Heartbeat | EventType::StreamReset => {
-                    if let Some(detail) = stream_detail {
+                EventType::StreamEnd => {
+                    if detail
+                        .as_ref()
+                        .is_some_and(|d| d.reason() == pb::StreamEndReason::SessionEnded)
+                    {
+                        return self.fail(Error::SessionEnded {
+                            session_id: self.session_id.clone(),
+                            reason: "the subscription's session ended".into(),
+                        });
+                    }
+                    if let Some(detail) = detail
+                        && !self.in_snapshot
+                    {
+                        self.mark(detail.resume_after_seq);
+                    }
+                    // max_stream_duration or drain: continue where it stopped.
+                    self.breaks = 0;
+                    if let Err(e) = self.reopen().await {
+                        return self.fail(e);
+                    }
+                    continue;
+                }
+                EventType::StreamReset => {
+                    // Past retention: fresh snapshots follow; they count once all through.
+                    self.in_snapshot = true;
+                    self.pending = detail.map(|d| d.resume_after_seq);
+                }
+                EventType::TaskSnapshot => {}
+                EventType::Heartbeat => {
+                    self.settle();
+                    if let Some(detail) = detail {
                         self.mark(detail.resume_after_seq);
                     }
                 }
-                _ if event.seq > 0 => self.mark(event.seq),
-                _ => {}
+                _ => {
+                    self.settle();
+                    if event.seq > 0 {
+                        self.mark(event.seq);
+                    }
+                }
             }
+            self.breaks = 0;
             return Some(Ok(Event::from_proto(&event)));
+        }
+    }
+
+    /// The snapshot is through: its resume point now counts.
+    fn settle(&mut self) {
+        self.in_snapshot = false;
+        if let Some(seq) = self.pending.take() {
+            self.mark(seq);
         }
     }
 
