@@ -363,3 +363,30 @@ async fn snapshot_then_live() {
     assert_eq!(live.progress.unwrap().0, 0.75);
     assert_eq!(events.resume_after_seq(), live.seq);
 }
+
+/// A session's background heartbeat keeps it past many lease TTLs; when the server
+/// drains, the session says so (Reconnecting(ServerDraining)).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_the_session_and_reports_drain() {
+    let mut server = TestServer::start_with(Settings {
+        session_ttl: Duration::from_millis(300),
+        ..common::memory()
+    })
+    .await;
+    let client = server.client().await;
+    let session = client.coordinator("sup").connect().await.unwrap();
+    let mut state = session.state();
+    // Five TTLs without any call of ours: the heartbeat alone keeps the lease.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sessions_become(&client, &["sup"]).await;
+    assert_eq!(*state.borrow(), itc_client::SessionState::Connected);
+    server.signal_shutdown();
+    tokio::time::timeout(
+        DEADLINE,
+        state.wait_for(|s| *s == itc_client::SessionState::Reconnecting(itc_client::Interruption::ServerDraining)),
+    )
+    .await
+    .expect("the drain is reported")
+    .unwrap();
+    drop(session);
+}

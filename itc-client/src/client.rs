@@ -151,25 +151,24 @@ impl ClientBuilder {
                 }
             })?)),
         };
+        // Subscriptions get their own connection (an unread stream must not hold up the
+        // others through HTTP/2's per-connection flow control), without the request
+        // timeout, which would cut them.
+        let streams = Endpoint::from_shared(self.uri.clone())
+            .map_err(|e| Error::InvalidUri {
+                uri: self.uri.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect().await?;
         let mut client = Client::from_channel(channel);
         client.retry = self.retry;
         client.auth = auth;
-        client.endpoint = Some(endpoint_for_streams(&self.uri, self.connect_timeout));
+        client.endpoint = Some(streams);
         Ok(client)
     }
-}
-
-/// Subscriptions get their own connection: an unread stream must not hold up the
-/// others through HTTP/2's per-connection flow control.
-fn endpoint_for_streams(uri: &str, connect_timeout: Duration) -> Endpoint {
-    Endpoint::from_shared(uri.to_owned())
-        .map(|e| {
-            e.connect_timeout(connect_timeout)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-        })
-        .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:50051"))
 }
 
 /// A connection to an ITC server. Cheap to clone: clones share the channel.

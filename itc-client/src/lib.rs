@@ -41,7 +41,7 @@ pub mod types;
 pub use client::{Ack, Client, ClientBuilder, RetryPolicy, StartTask, StatusQuery};
 pub use coordination::{Capabilities, CoordinateCall, SessionKind};
 pub use error::Error;
-pub use session::{Session, SessionBuilder, SessionState};
+pub use session::{Interruption, Session, SessionBuilder, SessionState};
 pub use stream::{EventStream, SubscriptionBuilder};
 pub use task::{InputCall, LockGuard, TaskHandle};
 pub use types::{

@@ -26,10 +26,22 @@ const KEPT_SEEN: usize = 10_000;
 pub enum SessionState {
     /// Connected, lease kept.
     Connected,
-    /// The connection broke or the lease was lost; reconnecting.
-    Reconnecting,
-    /// Over: closed, or taken over by another connection of the same id.
+    /// Reconnecting, and why it had to.
+    Reconnecting(Interruption),
+    /// Over: closed, taken over by another connection of the same id, or disconnected.
     Ended(String),
+}
+
+/// Why a session had to reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Interruption {
+    /// The connection broke.
+    ConnectionLost,
+    /// The lease ran out (the server ended the session: its locks were released).
+    LeaseLost,
+    /// The server is shutting down.
+    ServerDraining,
 }
 
 /// Builds a session: `client.coordinator(id)` or `client.agent(id)`, then `.connect()`.
@@ -323,12 +335,12 @@ async fn run(inner: Arc<Inner>, mut lease: Duration) {
         }
         let reason = match outcome {
             Beat::Gone => return,
-            Beat::Ended(reason) => Some(reason),
+            Beat::Ended(ref reason) => Some(reason.clone()),
             Beat::Healthy => {
                 attempt = 0;
                 None
             }
-            Beat::Broken | Beat::Lost => None,
+            Beat::Broken | Beat::Lost | Beat::Draining => None,
         };
         if let Some(reason) = reason {
             // Taken over or disconnected elsewhere: this handle must not disconnect the
@@ -337,7 +349,11 @@ async fn run(inner: Arc<Inner>, mut lease: Duration) {
             inner.end(reason);
             return;
         }
-        inner.state.send_replace(SessionState::Reconnecting);
+        inner.state.send_replace(SessionState::Reconnecting(match outcome {
+            Beat::Lost => Interruption::LeaseLost,
+            Beat::Draining => Interruption::ServerDraining,
+            _ => Interruption::ConnectionLost,
+        }));
         attempt = attempt.saturating_add(1);
         drop(inner);
         tokio::time::sleep(retry.backoff(attempt.min(16))).await;
@@ -377,6 +393,8 @@ enum Beat {
     Broken,
     /// The lease was lost: connect again.
     Lost,
+    /// The server is shutting down: connect again (later, or to another).
+    Draining,
     /// The session is over for this handle (taken over, disconnected).
     Ended(String),
     /// Every `Session` was dropped.
@@ -426,7 +444,7 @@ async fn beat(weak: &Weak<Inner>, client: &Client, id: &str, lease: Duration) ->
                         return match notice.kind() {
                             pb::NoticeKind::TakenOver => Beat::Ended("taken over by another connection".into()),
                             pb::NoticeKind::Disconnected => Beat::Ended("disconnected".into()),
-                            pb::NoticeKind::ServerDraining => broken(),
+                            pb::NoticeKind::ServerDraining => Beat::Draining,
                             _ => Beat::Lost,
                         };
                     }

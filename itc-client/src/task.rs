@@ -255,12 +255,14 @@ impl Drop for TaskHandle {
 }
 
 /// A held lock that renews itself in the background and is released when dropped (or
-/// by [`LockGuard::release`]).
+/// by [`LockGuard::release`]). [`LockGuard::is_held`] turns false if a renewal is
+/// refused (the lease ran out, or the lock went to someone else).
 #[derive(Debug)]
 pub struct LockGuard {
     session: Session,
     lock: Lock,
     renewer: Option<tokio::task::JoinHandle<()>>,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Session {
@@ -271,15 +273,24 @@ impl Session {
             .expires
             .and_then(|e| e.duration_since(std::time::SystemTime::now()).ok())
             .unwrap_or(Duration::from_secs(1));
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let renewer = {
             let session = self.clone();
             let lock = lock.clone();
+            let held = held.clone();
             tokio::spawn(async move {
+                // A third of the lease as granted (measured here, not by the server's clock).
                 let period = (lease / 3).max(Duration::from_millis(50));
                 loop {
                     tokio::time::sleep(period).await;
-                    if session.client().renew_lock(session.id(), &lock, None).await.is_err() {
-                        return;
+                    match session.client().renew_lock(session.id(), &lock, None).await {
+                        Ok(_) => {}
+                        // A transient failure: try again at the next period.
+                        Err(e) if e.is_retryable() => {}
+                        Err(_) => {
+                            held.store(false, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
                     }
                 }
             })
@@ -288,6 +299,7 @@ impl Session {
             session: self.clone(),
             lock,
             renewer: Some(renewer),
+            held,
         })
     }
 }
@@ -296,6 +308,11 @@ impl LockGuard {
     /// The lock (its fencing token goes with commands: [`crate::CoordinateCall::under`]).
     pub fn lock(&self) -> &Lock {
         &self.lock
+    }
+
+    /// Whether the lock is still held (false once a renewal was refused).
+    pub fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Releases the lock now.
