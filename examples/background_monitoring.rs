@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let task = event.task_id.clone().unwrap_or_default();
                 coordinator
                     .coordinate(&task, Action::BoostPriority)
-                    .data(json!({"action": "performance_boost", "reason": "ahead of the others"}))?
+                    .data(json!({"action": "performance_boost", "reason": "ahead of the others"}))
                     .send()
                     .await?;
                 println!("StreamingCoordinator: performance boost for {task} ({agent})");

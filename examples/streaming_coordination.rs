@@ -88,7 +88,7 @@ async fn demo_streaming(client: &Client) -> Result<(), Box<dyn std::error::Error
                 });
                 coordinator
                     .coordinate(task, Action::BoostPriority)
-                    .data(data)?
+                    .data(data)
                     .send()
                     .await?;
                 println!("StreamingCoordinator boosted the priority of the slow task {task}");
@@ -149,7 +149,7 @@ async fn scheduled(
         if client.get_task(task).await?.status.is_some_and(|s| !s.is_finished()) {
             coordinator
                 .coordinate(task, Action::Interrupt)
-                .data(json!({"reason": "running too long"}))?
+                .data(json!({"reason": "running too long"}))
                 .send()
                 .await?;
             println!("StreamingCoordinator interrupted {task}: it runs too long");

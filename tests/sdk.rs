@@ -146,8 +146,7 @@ async fn coordinate_and_wait_for_the_answer() {
     let lock = client.acquire_lock("sup", "t", None).await.unwrap();
     let call = client
         .coordinate("sup", "t", Action::Query)
-        .data(json!({"question": "ETA?"}))
-        .unwrap();
+        .data(json!({"question": "ETA?"}));
     let refused = call.clone().send().await.unwrap_err();
     assert_eq!(
         refused.code(),
@@ -183,7 +182,6 @@ async fn agent_handles_interrupts_questions_and_drops() {
     let sent = human
         .coordinate(task.id(), Action::Interrupt)
         .data(json!({"reason": "check the output"}))
-        .unwrap()
         .send()
         .await
         .unwrap();

@@ -16,13 +16,19 @@ use crate::types::{Action, Command, CommandState, InputRequest, Lock};
 pub struct CoordinateCall {
     client: Client,
     request: pb::CoordinateRequest,
+    /// A problem with what the builder was given, reported when sending.
+    invalid: Option<(&'static str, String)>,
 }
 
 impl CoordinateCall {
-    /// Structured parameters (a JSON object).
-    pub fn data(mut self, data: Value) -> Result<Self, Error> {
-        self.request.data = Some(object("data", &data)?);
-        Ok(self)
+    /// Structured parameters (a JSON object; anything else fails the call when sent).
+    #[must_use]
+    pub fn data(mut self, data: Value) -> Self {
+        match object("data", &data) {
+            Ok(s) => self.request.data = Some(s),
+            Err(_) => self.invalid = Some(("data", format!("must be a JSON object, not {data}"))),
+        }
+        self
     }
 
     /// Issue it under a lock held with this token.
@@ -56,27 +62,18 @@ impl CoordinateCall {
     /// APPLIED/REJECTED/TIMED_OUT) or `coordination_timeout` passes; returns it as it is
     /// then.
     pub async fn wait_for(self, state: CommandState) -> Result<Command, Error> {
-        let wait = if state >= CommandState::Applied {
-            pb::CommandWait::Final
-        } else if state == CommandState::Delivered {
-            pb::CommandWait::Delivered
-        } else {
-            pb::CommandWait::Unspecified
-        };
-        self.call(wait, None).await
+        self.call(wait_of(state), None).await
     }
 
     /// As [`CoordinateCall::wait_for`], bounded by `timeout`.
     pub async fn wait_for_within(self, state: CommandState, timeout: Duration) -> Result<Command, Error> {
-        let wait = if state >= CommandState::Applied {
-            pb::CommandWait::Final
-        } else {
-            pb::CommandWait::Delivered
-        };
-        self.call(wait, Some(timeout)).await
+        self.call(wait_of(state), Some(timeout)).await
     }
 
     async fn call(mut self, wait: pb::CommandWait, timeout: Option<Duration>) -> Result<Command, Error> {
+        if let Some((field, reason)) = self.invalid.take() {
+            return Err(Error::InvalidData { field, reason });
+        }
         self.request.wait = wait as i32;
         self.request.wait_timeout = timeout.and_then(|t| prost_types::Duration::try_from(t).ok());
         let retry = if self.request.idempotency_key.is_empty() {
@@ -100,6 +97,17 @@ impl CoordinateCall {
     }
 }
 
+/// The server-side wait that reaches `state`.
+fn wait_of(state: CommandState) -> pb::CommandWait {
+    if state >= CommandState::Applied {
+        pb::CommandWait::Final
+    } else if state == CommandState::Delivered {
+        pb::CommandWait::Delivered
+    } else {
+        pb::CommandWait::Unspecified
+    }
+}
+
 impl Client {
     /// A command of `coordinator_id` (a connected session) for `task_id`.
     pub fn coordinate(&self, coordinator_id: &str, task_id: &str, action: Action) -> CoordinateCall {
@@ -111,6 +119,7 @@ impl Client {
                 action: action.to_proto() as i32,
                 ..Default::default()
             },
+            invalid: None,
         }
     }
 

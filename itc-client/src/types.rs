@@ -79,6 +79,7 @@ impl TaskStatus {
 
 /// A task's coordination lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Lock {
     /// The task.
     pub task_id: String,
@@ -182,6 +183,7 @@ impl CommandState {
 
 /// A coordination command.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Command {
     /// Its id.
     pub id: String,
@@ -232,6 +234,7 @@ pub enum InputState {
 
 /// A question an agent asked.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct InputRequest {
     /// Its id (answers name it).
     pub id: String,
@@ -273,6 +276,7 @@ impl InputRequest {
 
 /// A task, as the server shows it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Task {
     /// Its id.
     pub id: String,
@@ -354,6 +358,7 @@ impl Task {
 
 /// One event of a subscription (log events have `seq > 0`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Event {
     /// Its place in the global log.
     pub seq: u64,
@@ -416,6 +421,7 @@ impl Event {
 
 /// One page of GetStatus.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StatusPage {
     /// Matching tasks of this page, oldest first.
     pub tasks: Vec<Task>,
