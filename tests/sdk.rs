@@ -388,3 +388,33 @@ async fn heartbeat_keeps_the_session_and_reports_drain() {
     .unwrap();
     drop(session);
 }
+
+/// Finishing calls: a result that cannot be serialized fails the task with that reason;
+/// completing a task a coordinator already cancelled is refused and leaves it CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_task_handle() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let agent = client.agent("worker").connect().await.unwrap();
+    let boss = client.coordinator("boss").connect().await.unwrap();
+
+    let task = agent.start_task("unserializable").await.unwrap();
+    let id = task.id().to_owned();
+    let mut bad = std::collections::HashMap::new();
+    bad.insert((1, 2), "tuple keys are not JSON");
+    let err = task.complete(bad).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidData { field: "result", .. }), "{err}");
+    let failed = client.get_task(&id).await.unwrap();
+    assert_eq!(failed.status, Some(itc_client::TaskStatus::Failed));
+    assert!(failed.error.unwrap().contains("could not be serialized"));
+
+    let task = agent.start_task("cancelled under it").await.unwrap();
+    let id = task.id().to_owned();
+    boss.coordinate(&id, Action::Cancel).send().await.unwrap();
+    let err = task.complete(json!({"late": true})).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition));
+    assert_eq!(
+        client.get_task(&id).await.unwrap().status,
+        Some(itc_client::TaskStatus::Cancelled)
+    );
+}

@@ -207,29 +207,88 @@ impl TaskHandle {
         }
     }
 
-    /// Finishes the task as COMPLETED with a result.
+    /// Finishes the task as COMPLETED with a result. Transient failures are retried; if
+    /// the call fails anyway, the handle is gone and its task is failed (so it never
+    /// leaks), unless the server already finished it.
     pub async fn complete(mut self, result: impl Serialize) -> Result<Task, Error> {
-        let value = serde_json::to_value(result).map_err(|e| Error::InvalidData {
-            field: "result",
-            reason: e.to_string(),
-        })?;
-        let task = self.session.client().complete_task(&self.task.id, value).await?;
-        self.finished = true;
-        Ok(task)
+        let value = match serde_json::to_value(result) {
+            Ok(value) => value,
+            Err(e) => {
+                let reason = format!("the task's result could not be serialized: {e}");
+                let _ = self
+                    .finish(TaskStatus::Failed, |c, id| {
+                        let reason = reason.clone();
+                        async move { c.fail_task(&id, reason).await }
+                    })
+                    .await;
+                return Err(Error::InvalidData {
+                    field: "result",
+                    reason: e.to_string(),
+                });
+            }
+        };
+        self.finish(TaskStatus::Completed, |c, id| {
+            let value = value.clone();
+            async move { c.complete_task(&id, value).await }
+        })
+        .await
     }
 
     /// Finishes the task as FAILED.
     pub async fn fail(mut self, error: impl Into<String>) -> Result<Task, Error> {
-        let task = self.session.client().fail_task(&self.task.id, error).await?;
-        self.finished = true;
-        Ok(task)
+        let error = error.into();
+        self.finish(TaskStatus::Failed, |c, id| {
+            let error = error.clone();
+            async move { c.fail_task(&id, error).await }
+        })
+        .await
     }
 
     /// Finishes the task as CANCELLED.
     pub async fn cancel(mut self, reason: impl Into<String>) -> Result<Task, Error> {
-        let task = self.session.client().cancel_task(&self.task.id, reason).await?;
-        self.finished = true;
-        Ok(task)
+        let reason = reason.into();
+        self.finish(TaskStatus::Cancelled, |c, id| {
+            let reason = reason.clone();
+            async move { c.cancel_task(&id, reason).await }
+        })
+        .await
+    }
+
+    /// Runs a finishing call, retried on transient failures. A retry refused because
+    /// the task is finished means an earlier attempt took effect (or someone else
+    /// finished it): the task as it is then decides.
+    async fn finish<F, Fut>(&mut self, target: TaskStatus, call: F) -> Result<Task, Error>
+    where
+        F: Fn(crate::Client, String) -> Fut,
+        Fut: std::future::Future<Output = Result<Task, Error>>,
+    {
+        let client = self.session.client().clone();
+        let policy = client.retry;
+        let mut attempt = 1;
+        loop {
+            match call(client.clone(), self.task.id.clone()).await {
+                Ok(task) => {
+                    self.finished = true;
+                    return Ok(task);
+                }
+                Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
+                    tokio::time::sleep(policy.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                    if let Ok(task) = client.get_task(&self.task.id).await
+                        && task.status.is_some_and(TaskStatus::is_finished)
+                    {
+                        self.finished = true;
+                        if task.status == Some(target) && attempt > 1 {
+                            return Ok(task);
+                        }
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
