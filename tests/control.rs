@@ -197,6 +197,7 @@ fn ping(session_id: &str) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {
         session_id: session_id.into(),
         task_ids: Vec::new(),
+        generation: 0,
     }
 }
 
@@ -1290,6 +1291,7 @@ async fn vouching_heartbeat_recovers_a_stalled_task() {
     tx.send(pb::HeartbeatRequest {
         session_id: "agent".into(),
         task_ids: vec!["bad id".into()],
+        generation: 0,
     })
     .await
     .unwrap();
@@ -1300,6 +1302,7 @@ async fn vouching_heartbeat_recovers_a_stalled_task() {
         .send(pb::HeartbeatRequest {
             session_id: "agent".into(),
             task_ids: vec!["slow".into()],
+            generation: 0,
         })
         .await
         .unwrap();
@@ -1307,4 +1310,26 @@ async fn vouching_heartbeat_recovers_a_stalled_task() {
     let recovered = watch.until(pb::EventType::TaskRecovered).await;
     assert_eq!(recovered.task_id, "slow");
     assert!(!itc.task("slow").await.stalled);
+}
+
+/// A Heartbeat stream naming an older generation (its connection was taken over) is
+/// refused, so it cannot take the session back from the newer connection.
+#[tokio::test]
+async fn heartbeat_of_an_old_generation_is_refused() {
+    let server = TestServer::start().await;
+    let itc = Itc::new(&server).await;
+    itc.coordinator("sup").await;
+    itc.coordinator("sup").await; // generation 2
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::HeartbeatRequest {
+        session_id: "sup".into(),
+        task_ids: Vec::new(),
+        generation: 1,
+    })
+    .await
+    .unwrap();
+    let refused = itc.sessions.clone().heartbeat(ReceiverStream::new(rx)).await;
+    let (c, message) = code(refused);
+    assert_eq!(c, Code::FailedPrecondition);
+    assert!(message.contains("taken over"), "{message}");
 }

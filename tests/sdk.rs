@@ -418,3 +418,89 @@ async fn finishing_a_task_handle() {
         Some(itc_client::TaskStatus::Cancelled)
     );
 }
+
+/// A subscription resumes after hard connection cuts (no STREAM_END: the network just
+/// fails), every event once, in order; heartbeats stay out of a type-filtered stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_resume_across_hard_cuts() {
+    let server = TestServer::start_with(Settings {
+        stream_interval: Duration::from_millis(50),
+        ..common::memory()
+    })
+    .await;
+    let proxy = common::Proxy::start(server.addr).await;
+    let through_proxy = itc_client::Client::connect(format!("http://{}", proxy.addr))
+        .await
+        .unwrap();
+    let direct = server.client().await;
+    direct
+        .start_task(StartTask::new("agent", "x").with_task_id("t"))
+        .await
+        .unwrap();
+    let mut events = through_proxy
+        .subscribe()
+        .task("t")
+        .events([EventType::RealTimeUpdate])
+        .after_seq(1)
+        .start()
+        .await
+        .unwrap();
+    const UPDATES: u64 = 200;
+    let publisher = {
+        let direct = direct.clone();
+        tokio::spawn(async move {
+            for i in 0..UPDATES {
+                direct.publish_update("t", json!({"i": i})).await.unwrap();
+            }
+        })
+    };
+    let mut seqs = Vec::new();
+    while seqs.len() < UPDATES as usize {
+        let event = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .expect("an event before the deadline")
+            .expect("the stream goes on")
+            .expect("no error");
+        assert_eq!(event.kind, EventType::RealTimeUpdate, "only what was asked for");
+        seqs.push(event.seq);
+        if seqs.len() % 50 == 0 {
+            proxy.cut();
+        }
+    }
+    publisher.await.unwrap();
+    assert_eq!(
+        seqs,
+        (2..=UPDATES + 1).collect::<Vec<u64>>(),
+        "every seq once, in order"
+    );
+}
+
+/// A session survives a hard cut of its connection: it reports the loss, reconnects, and
+/// is connected again on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_survives_a_hard_cut() {
+    let server = TestServer::start().await;
+    let proxy = common::Proxy::start(server.addr).await;
+    let through_proxy = itc_client::Client::connect(format!("http://{}", proxy.addr))
+        .await
+        .unwrap();
+    let direct = server.client().await;
+    let session = through_proxy.coordinator("sup").connect().await.unwrap();
+    let mut state = session.state();
+    sessions_become(&direct, &["sup"]).await;
+    proxy.cut();
+    tokio::time::timeout(
+        DEADLINE,
+        state.wait_for(|s| matches!(s, itc_client::SessionState::Reconnecting(_))),
+    )
+    .await
+    .expect("the loss is reported")
+    .unwrap();
+    tokio::time::timeout(DEADLINE, state.wait_for(|s| *s == itc_client::SessionState::Connected))
+        .await
+        .expect("connected again")
+        .unwrap();
+    sessions_become(&direct, &["sup"]).await;
+    drop(state);
+    session.close().await.unwrap();
+}

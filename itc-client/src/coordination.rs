@@ -262,6 +262,16 @@ impl Client {
         kind: SessionKind,
         capabilities: Capabilities,
     ) -> Result<Duration, Error> {
+        Ok(self.connect_session(session_id, kind, capabilities).await?.0)
+    }
+
+    /// Opens a session; returns its lease and generation.
+    pub(crate) async fn connect_session(
+        &self,
+        session_id: &str,
+        kind: SessionKind,
+        capabilities: Capabilities,
+    ) -> Result<(Duration, u64), Error> {
         let request = pb::ConnectRequest {
             session_id: session_id.to_owned(),
             kind: kind as i32,
@@ -275,10 +285,11 @@ impl Client {
         };
         let response = self.sessions_stub().connect(request).await?.into_inner();
         let session = response.session.ok_or_else(|| Error::missing("session"))?;
-        Ok(session
+        let lease = session
             .lease_ttl
             .and_then(|d| Duration::try_from(d).ok())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((lease, session.generation))
     }
 
     /// Ends the session `session_id`.

@@ -78,6 +78,18 @@ impl Error {
         }
     }
 
+    /// A broken connection or a restarting server: reconnecting may help (wider than
+    /// [`Error::is_retryable`]: a cut connection shows as CANCELLED or UNKNOWN).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Error::Status(status) => matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
+            ),
+            other => other.is_retryable(),
+        }
+    }
+
     /// The gRPC status code, when the server answered with one.
     pub fn code(&self) -> Option<Code> {
         match self {

@@ -70,7 +70,10 @@ impl SessionBuilder {
 
     /// Connects and starts heartbeating in the background.
     pub async fn connect(self) -> Result<Session, Error> {
-        let lease = self.client.open_session(&self.id, self.kind, self.capabilities).await?;
+        let (lease, generation) = self
+            .client
+            .connect_session(&self.id, self.kind, self.capabilities)
+            .await?;
         let (state, _) = watch::channel(SessionState::Connected);
         let inner = Arc::new(Inner {
             client: self.client,
@@ -80,6 +83,7 @@ impl SessionBuilder {
             state,
             routes: Mutex::default(),
             closed: AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(generation),
         });
         let background = tokio::spawn(run(inner.clone(), lease));
         inner.routes().background = Some(background);
@@ -96,6 +100,8 @@ struct Inner {
     state: watch::Sender<SessionState>,
     routes: Mutex<Routes>,
     closed: AtomicBool,
+    /// The generation of our connection: a heartbeat of an older one is refused.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Who waits for what the server pushes.
@@ -362,9 +368,10 @@ async fn run(inner: Arc<Inner>, mut lease: Duration) {
             return;
         }
         // Connect again: a takeover of our own session, or a new one after a loss.
-        match client.open_session(&id, inner.kind, inner.capabilities).await {
-            Ok(granted) => {
+        match client.connect_session(&id, inner.kind, inner.capabilities).await {
+            Ok((granted, generation)) => {
                 lease = granted;
+                inner.generation.store(generation, Ordering::SeqCst);
                 inner.state.send_replace(SessionState::Connected);
                 // Answers pushed while we were away are not pushed again: ask.
                 let waiting: Vec<String> = inner.routes().inputs.keys().cloned().collect();
@@ -376,7 +383,7 @@ async fn run(inner: Arc<Inner>, mut lease: Duration) {
                     }
                 }
             }
-            Err(e) if !e.is_retryable() => {
+            Err(e) if !e.is_transient() => {
                 inner.closed.store(true, Ordering::SeqCst);
                 inner.end(format!("cannot connect again: {e}"));
                 return;
@@ -407,6 +414,7 @@ async fn beat(weak: &Weak<Inner>, client: &Client, id: &str, lease: Duration) ->
         weak.upgrade().map(|inner| pb::HeartbeatRequest {
             session_id: id.to_owned(),
             task_ids: inner.routes().tasks.iter().cloned().collect(),
+            generation: inner.generation.load(Ordering::SeqCst),
         })
     };
     let (tx, rx) = mpsc::channel::<pb::HeartbeatRequest>(4);
@@ -417,6 +425,10 @@ async fn beat(weak: &Weak<Inner>, client: &Client, id: &str, lease: Duration) ->
     let mut responses = match client.sessions_stub().heartbeat(ReceiverStream::new(rx)).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::NotFound => return Beat::Lost,
+        // Our generation is gone: another connection of the same id took over.
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            return Beat::Ended("taken over by another connection".into());
+        }
         Err(_) => return Beat::Broken,
     };
     let period = (lease / 3).max(Duration::from_millis(50));

@@ -202,7 +202,7 @@ impl Resuming {
             self.breaks = self.breaks.saturating_add(1);
             match self.open().await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() && self.breaks < RESUME_ATTEMPTS => {}
+                Err(e) if e.is_transient() && self.breaks < RESUME_ATTEMPTS => {}
                 Err(e) => return Err(e),
             }
         }
@@ -299,6 +299,14 @@ impl Resuming {
                     self.settle();
                     if let Some(detail) = detail {
                         self.mark(detail.resume_after_seq);
+                    }
+                    // Heartbeats keep the resume point fresh; the caller sees them only if
+                    // it asked for every type, or for HEARTBEAT.
+                    let wanted = self.filter.event_types.is_empty()
+                        || self.filter.event_types.contains(&(EventType::Heartbeat as i32));
+                    if !wanted {
+                        self.breaks = 0;
+                        continue;
                     }
                 }
                 _ => {

@@ -100,3 +100,48 @@ pub fn memory() -> Settings {
 
 /// A deadline for anything a test waits on.
 pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A TCP proxy on 127.0.0.1 in front of a server, whose connections can be cut hard (no
+/// STREAM_END, no GOAWAY): what a network failure looks like to a client.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cuts = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    /// Drops every open connection at once; new ones are still accepted.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

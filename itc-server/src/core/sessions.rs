@@ -320,13 +320,21 @@ impl Core {
     }
 
     /// Opens the Heartbeat stream of a session; an older stream of it ends (TAKEN_OVER).
-    pub fn heartbeat(&self, session_id: &str) -> Result<Heartbeat, CoreError> {
+    /// `generation` (when not 0) must be the current one: a stream of a connection that
+    /// was taken over is refused, so it cannot take the session back.
+    pub fn heartbeat(&self, session_id: &str, generation: u64) -> Result<Heartbeat, CoreError> {
         validate::id("session_id", session_id)?;
         let state = self.state();
         let entry = state
             .sessions
             .get(session_id)
             .ok_or_else(|| session_not_found(session_id))?;
+        if generation != 0 && generation != entry.info.generation {
+            return Err(CoreError::FailedPrecondition(format!(
+                "session `{session_id}` was taken over (generation {generation} is now {})",
+                entry.info.generation
+            )));
+        }
         let channel = entry.channel.clone();
         // Commands are delivered at least once: a new stream gets every command of the
         // agent's tasks that is still open (an older stream may have taken some with it).

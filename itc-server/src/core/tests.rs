@@ -734,7 +734,7 @@ async fn heartbeat_pushes_open_commands_only() {
     core.acknowledge_command(&closed.id, CommandState::Applied, None, None)
         .await
         .unwrap();
-    let mut first = core.heartbeat("agent-1").unwrap();
+    let mut first = core.heartbeat("agent-1", 0).unwrap();
     let mut delivered = Vec::new();
     while let Ok(Some(Push::Command(c))) = tokio::time::timeout(Duration::from_millis(50), first.next()).await {
         if let Some(now) = core.command_delivered(&c.id).await.unwrap() {
@@ -744,7 +744,7 @@ async fn heartbeat_pushes_open_commands_only() {
     assert_eq!(delivered, vec![open.id.clone()]);
     assert_eq!(core.command(&open.id).unwrap().state, CommandState::Delivered);
     // A second stream (a reconnecting agent) gets it again; the first is taken over.
-    let mut second = core.heartbeat("agent-1").unwrap();
+    let mut second = core.heartbeat("agent-1", 0).unwrap();
     assert!(matches!(first.next().await, Some(Push::Notice(Notice::TakenOver))));
     assert!(matches!(second.next().await, Some(Push::Command(c)) if c.id == open.id));
 }

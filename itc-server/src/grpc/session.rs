@@ -73,7 +73,7 @@ impl SessionService for SessionApi {
         for id in &first.task_ids {
             crate::core::validate_id("task_ids", id)?;
         }
-        let heartbeat = self.core.heartbeat(&first.session_id)?;
+        let heartbeat = self.core.heartbeat(&first.session_id, first.generation)?;
         let lease = heartbeat.ping(&first.task_ids).await?;
         let state = Beat {
             core: self.core.clone(),
