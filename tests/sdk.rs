@@ -504,3 +504,68 @@ async fn session_survives_a_hard_cut() {
     drop(state);
     session.close().await.unwrap();
 }
+
+/// Across a hard cut of the agent's connection, a command sent meanwhile still reaches
+/// the task handle, once (re-pushed on the new Heartbeat stream), and a question answered
+/// while the agent's heartbeat was down is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_answers_survive_a_cut() {
+    let server = TestServer::start().await;
+    let proxy = common::Proxy::start(server.addr).await;
+    let through_proxy = itc_client::Client::connect(format!("http://{}", proxy.addr))
+        .await
+        .unwrap();
+    let direct = server.client().await;
+    let agent = through_proxy.agent("worker").connect().await.unwrap();
+    let human = direct
+        .coordinator("alice")
+        .kind(SessionKind::Human)
+        .connect()
+        .await
+        .unwrap();
+    let mut task = agent.start_task("cut off").await.unwrap();
+    let mut commands = task.commands().unwrap();
+    let mut state = agent.state();
+
+    // The agent is idle (no call of its own in flight) when its connection drops.
+    proxy.cut();
+    let sent = human
+        .coordinate(task.id(), Action::Custom)
+        .data(json!({"note": "sent during the cut"}))
+        .send()
+        .await
+        .unwrap();
+    let received = tokio::time::timeout(DEADLINE, commands.recv()).await.unwrap().unwrap();
+    assert_eq!(received.id, sent.id);
+    task.apply(&received, None).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_millis(300), commands.recv()).await;
+    assert!(again.is_err(), "delivered once: {again:?}");
+    tokio::time::timeout(DEADLINE, state.wait_for(|s| *s == itc_client::SessionState::Connected))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(state);
+
+    // A question answered right away (perhaps before the waiter exists) is not lost.
+    let mut asks = direct
+        .subscribe()
+        .task(task.id())
+        .events([EventType::InputRequested])
+        .start()
+        .await
+        .unwrap();
+    let answering = {
+        let human = human.clone();
+        tokio::spawn(async move {
+            let asked = next_of(&mut asks, EventType::InputRequested).await;
+            human.answer(&asked.input.unwrap().id, json!("go")).await.unwrap();
+        })
+    };
+    let answer = tokio::time::timeout(DEADLINE, task.request_input("Continue?").send())
+        .await
+        .expect("answered before the deadline")
+        .unwrap();
+    assert_eq!(answer.answer, Some(json!("go")));
+    answering.await.unwrap();
+    task.complete(json!("done")).await.unwrap();
+}

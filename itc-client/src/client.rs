@@ -17,7 +17,9 @@ use crate::error::Error;
 use crate::types::{InputRequest, StatusPage, Task, TaskStatus};
 
 /// When and how often idempotent calls (reads, and writes the server deduplicates) are
-/// retried: only on UNAVAILABLE, with capped exponential backoff and full jitter.
+/// retried: only when the server is unavailable or the connection broke under the call
+/// (UNAVAILABLE, or CANCELLED/UNKNOWN from the transport), with capped exponential
+/// backoff and full jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all (1: no retry).
@@ -68,7 +70,14 @@ impl RetryPolicy {
         loop {
             match call().await {
                 Ok(value) => return Ok(value),
-                Err(status) if status.code() == tonic::Code::Unavailable && attempt < self.max_attempts => {
+                // UNAVAILABLE, or a call cut by a broken connection (CANCELLED/UNKNOWN from
+                // the transport): only ever used for idempotent calls.
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                    ) && attempt < self.max_attempts =>
+                {
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
