@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, TestServer};
+use common::{DEADLINE, TestServer, next_event};
 use itc_proto::json::{json_to_struct, json_to_value, value_to_json};
 use itc_proto::v1 as pb;
 use itc_proto::v1::agent_service_client::AgentServiceClient;
@@ -95,6 +95,10 @@ impl Itc {
             .into_inner()
             .task
             .unwrap()
+    }
+
+    async fn interact(&self, request: pb::InteractRequest) -> pb::InteractResponse {
+        self.coord.clone().interact(request).await.unwrap().into_inner()
     }
 
     async fn status(&self) -> pb::GetStatusResponse {
@@ -214,16 +218,6 @@ fn command(
         data: data.as_object().map(json_to_struct),
         ..Default::default()
     }
-}
-
-async fn next_event(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::Event {
-    tokio::time::timeout(DEADLINE, stream.next())
-        .await
-        .expect("an event before the deadline")
-        .expect("the stream goes on")
-        .expect("no error")
-        .event
-        .unwrap()
 }
 
 struct Watch {
@@ -1124,23 +1118,11 @@ async fn interact_keyword_router() {
         requestor_id: String::new(),
         requestor_kind: kind as i32,
     };
-    let idle = itc
-        .coord
-        .clone()
-        .interact(ask("What's the status?", pb::SessionKind::Human))
-        .await
-        .unwrap()
-        .into_inner();
+    let idle = itc.interact(ask("What's the status?", pb::SessionKind::Human)).await;
     assert_eq!(idle.response, "I'm currently idle. No active tasks running.");
     assert_eq!(idle.conversation_id, 1);
     itc.start("t1", "agent").await;
-    let busy = itc
-        .coord
-        .clone()
-        .interact(ask("progress?", pb::SessionKind::CoordinatorAgent))
-        .await
-        .unwrap()
-        .into_inner();
+    let busy = itc.interact(ask("progress?", pb::SessionKind::CoordinatorAgent)).await;
     assert!(
         busy.response
             .starts_with("Currently running 1 task(s):\nTask 'work of agent' is 0% complete"),
@@ -1159,29 +1141,11 @@ async fn interact_keyword_router() {
         requestor_id: "boss".into(),
         ..ask(query, kind)
     };
-    let stop = itc
-        .coord
-        .clone()
-        .interact(as_boss("please halt", pb::SessionKind::Human))
-        .await
-        .unwrap()
-        .into_inner();
+    let stop = itc.interact(as_boss("please halt", pb::SessionKind::Human)).await;
     assert_eq!(stop.response, "Interrupted 1 active task(s): t1");
-    let resume = itc
-        .coord
-        .clone()
-        .interact(as_boss("proceed", pb::SessionKind::Agent))
-        .await
-        .unwrap()
-        .into_inner();
+    let resume = itc.interact(as_boss("proceed", pb::SessionKind::Agent)).await;
     assert_eq!(resume.response, "Cleared interrupt flags. Tasks can resume.");
-    let other = itc
-        .coord
-        .clone()
-        .interact(ask("hello", pb::SessionKind::Human))
-        .await
-        .unwrap()
-        .into_inner();
+    let other = itc.interact(ask("hello", pb::SessionKind::Human)).await;
     assert!(
         other.response.starts_with("I understand you asked: 'hello'."),
         "{}",

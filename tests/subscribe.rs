@@ -36,13 +36,7 @@ async fn subscribe(channel: &Channel, request: pb::SubscribeRequest) -> Result<E
 
 /// The next event of a stream, within the deadline.
 async fn next(stream: &mut Events) -> pb::Event {
-    tokio::time::timeout(DEADLINE, stream.next())
-        .await
-        .expect("an event before the deadline")
-        .expect("the stream goes on")
-        .expect("no error")
-        .event
-        .expect("an event")
+    common::next_event(stream).await
 }
 
 /// The next log event (seq > 0), skipping heartbeats.

@@ -98,6 +98,18 @@ pub fn memory() -> Settings {
     }
 }
 
+/// The next message of a raw Subscribe stream, within [`DEADLINE`].
+pub async fn next_event(stream: &mut tonic::Streaming<itc_proto::v1::SubscribeResponse>) -> itc_proto::v1::Event {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .expect("an event before the deadline")
+        .expect("the stream goes on")
+        .expect("no error")
+        .event
+        .expect("an event")
+}
+
 /// A deadline for anything a test waits on.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
