@@ -26,12 +26,24 @@ async fn auto_resume_across_stream_ends_and_a_restart() {
     };
     let server = TestServer::start_with(settings()).await;
     let addr = server.addr;
-    let client = server.client().await;
+    // A request timeout: a call caught by the restart fails instead of hanging.
+    let client = itc_client::Client::builder(server.uri())
+        .with_request_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
     client
         .start_task(StartTask::new("agent", "long").with_task_id("t"))
         .await
         .unwrap();
-    let mut events = client.subscribe().task("t").after_seq(0).start().await.unwrap();
+    let mut events = client
+        .subscribe()
+        .task("t")
+        .events([EventType::RealTimeUpdate, EventType::TaskStarted])
+        .after_seq(0)
+        .start()
+        .await
+        .unwrap();
 
     const UPDATES: u64 = 300;
     let publisher = {
@@ -42,8 +54,17 @@ async fn auto_resume_across_stream_ends_and_a_restart() {
             while i < UPDATES {
                 match client.publish_update("t", json!({"i": i})).await {
                     Ok(_) => i += 1,
-                    // The server is restarting: try again, boundedly.
-                    Err(e) if e.is_retryable() && failures < 400 => {
+                    // The server is restarting (or the call was cut by it): try again,
+                    // boundedly. A retried update that had landed adds an event, which
+                    // the reader's check tolerates (it reads seqs 1..=N).
+                    Err(e)
+                        if (e.is_retryable()
+                            || matches!(
+                                e.code(),
+                                Some(tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled)
+                            ))
+                            && failures < 400 =>
+                    {
                         failures += 1;
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
@@ -56,7 +77,14 @@ async fn auto_resume_across_stream_ends_and_a_restart() {
     let mut seqs = Vec::new();
     let mut restarted = false;
     let mut server = Some(server);
+    let overall = tokio::time::Instant::now() + Duration::from_secs(60);
     while seqs.len() < (UPDATES + 1) as usize {
+        assert!(
+            tokio::time::Instant::now() < overall,
+            "no progress: {} of {} events",
+            seqs.len(),
+            UPDATES + 1
+        );
         let event = tokio::time::timeout(DEADLINE, events.next())
             .await
             .expect("an event before the deadline")
@@ -72,13 +100,16 @@ async fn auto_resume_across_stream_ends_and_a_restart() {
             server = Some(TestServer::start_on(addr, settings()).await);
         }
     }
-    publisher.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), publisher)
+        .await
+        .expect("the publisher ends")
+        .unwrap();
     assert_eq!(
         seqs,
         (1..=UPDATES + 1).collect::<Vec<u64>>(),
         "every seq once, in order"
     );
-    assert_eq!(events.resume_after_seq(), UPDATES + 1);
+    assert!(events.resume_after_seq() >= UPDATES + 1);
     drop(server);
 }
 

@@ -100,8 +100,8 @@ pub struct SqliteStore {
     /// The oldest seq retained.
     oldest: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Held while the store is open: one server per data dir.
-    _dir_lock: std::fs::File,
+    /// Held while the store is open: one server per data dir (freed by `flush`).
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// Every blob of a one-column query.
@@ -166,7 +166,7 @@ impl SqliteStore {
             head,
             oldest,
             writer: Mutex::new(Some(thread)),
-            _dir_lock: dir_lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
         })
     }
 
@@ -539,6 +539,9 @@ impl Store for SqliteStore {
         if let Some(thread) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = thread.join();
         }
+        // Nothing more is written: the data dir is free for the next server, even while
+        // stray references to this store live on.
+        self.dir_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
