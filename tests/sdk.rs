@@ -109,7 +109,7 @@ async fn auto_resume_across_stream_ends_and_a_restart() {
         (1..=UPDATES + 1).collect::<Vec<u64>>(),
         "every seq once, in order"
     );
-    assert!(events.resume_after_seq() >= UPDATES + 1);
+    assert!(events.resume_after_seq() > UPDATES);
     drop(server);
 }
 
