@@ -85,6 +85,10 @@ struct Args {
     #[arg(long)]
     check: bool,
 
+    /// Only these fan-out sizes (subscriber counts of the plan, e.g. `1,1000`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    subscribers: Vec<usize>,
+
     /// Drive this ITC server instead of starting one (the baseline still runs here).
     #[arg(long, value_name = "URL")]
     addr: Option<String>,
@@ -633,7 +637,11 @@ async fn bench(args: Args) -> ExitCode {
         scenarios = Scenario::value_variants().to_vec();
     }
     scenarios.dedup();
-    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
+    if !args.subscribers.is_empty() {
+        plan.fanout.retain(|(s, _)| args.subscribers.contains(s));
+        plan.latency_subscribers.retain(|s| args.subscribers.contains(s));
+    }
     let stores = if args.addr.is_some() {
         vec![Kind::External]
     } else {

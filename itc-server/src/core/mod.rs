@@ -175,12 +175,43 @@ struct Inner {
     commands_changed: tokio::sync::Notify,
 }
 
+impl State {
+    /// Keeps `by_status` in step with a write: every task a write changes is in its
+    /// batch's upserts (as it is after the change), every task it forgets in removals.
+    fn recount(&mut self, batch: &Batch) {
+        for task in &batch.upserts {
+            match self.counted.get_mut(task.id.as_str()) {
+                Some(old) if *old == task.status => {}
+                Some(old) => {
+                    self.by_status[old.index()] -= 1;
+                    self.by_status[task.status.index()] += 1;
+                    *old = task.status;
+                }
+                None => {
+                    self.by_status[task.status.index()] += 1;
+                    self.counted.insert(task.id.clone(), task.status);
+                }
+            }
+        }
+        for id in &batch.removals {
+            if let Some(old) = self.counted.remove(id) {
+                self.by_status[old.index()] -= 1;
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Tasks by `create_seq`: listing order, and stable page boundaries.
     tasks: BTreeMap<u64, Arc<Task>>,
     /// Task id → `create_seq`.
     ids: HashMap<String, u64>,
+    /// Tasks by status (indexed as [`TaskStatus::ALL`]), kept by every write, so that
+    /// GetStatus reads the counts instead of walking every task.
+    by_status: [u64; 7],
+    /// The status each task is counted under in `by_status`.
+    counted: HashMap<String, TaskStatus>,
     /// `create_seq` of finished tasks, oldest finish first (retention).
     finished: VecDeque<u64>,
     /// The newest seq appended.
@@ -319,6 +350,8 @@ impl Core {
                     .insert((now + config.orphan_grace, timers::Timer::Orphan(task.id.clone())));
             }
             state.ids.insert(task.id.clone(), task.create_seq);
+            state.by_status[task.status.index()] += 1;
+            state.counted.insert(task.id.clone(), task.status);
             state.tasks.insert(task.create_seq, Arc::new(task));
         }
         finished.sort();
@@ -391,6 +424,7 @@ impl Core {
                 batch: Batch::default(),
             };
             let value = op(&mut state, &mut tx)?;
+            state.recount(&tx.batch);
             state.counters.events_published += tx.next_seq - 1 - state.head_seq;
             state.head_seq = tx.next_seq - 1;
             let wake = self.inner.hub.append(&tx.batch.events);

@@ -39,6 +39,19 @@ impl TaskStatus {
         TaskStatus::Cancelled,
     ];
 
+    /// Position in [`TaskStatus::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            TaskStatus::Pending => 0,
+            TaskStatus::Running => 1,
+            TaskStatus::Interrupted => 2,
+            TaskStatus::InputRequired => 3,
+            TaskStatus::Completed => 4,
+            TaskStatus::Failed => 5,
+            TaskStatus::Cancelled => 6,
+        }
+    }
+
     /// COMPLETED, FAILED and CANCELLED: nothing changes a task after these.
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)

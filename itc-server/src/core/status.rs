@@ -90,28 +90,45 @@ impl Core {
 
         let oldest_retained_seq = self.inner.store.oldest_seq();
         let state = self.state();
-        let mut tasks_by_status = [0u64; 7];
-        let mut total = 0u64;
+        let tasks_by_status = state.by_status;
+        #[cfg(debug_assertions)]
+        {
+            // Every test checks the kept counts against a full count.
+            let mut recount = [0u64; 7];
+            for task in state.tasks.values() {
+                recount[task.status.index()] += 1;
+            }
+            debug_assert_eq!(recount, tasks_by_status, "by_status is out of step with the tasks");
+        }
+        let matches = |task: &Task| {
+            (statuses.is_empty() || statuses.contains(&task.status))
+                && (agents.is_empty() || agents.contains(task.agent_id.as_str()))
+        };
+        // The total comes from the counts unless agents are filtered (then it is counted).
+        let total = if agents.is_empty() {
+            if statuses.is_empty() {
+                state.tasks.len() as u64
+            } else {
+                statuses.iter().map(|s| tasks_by_status[s.index()]).sum()
+            }
+        } else {
+            state.tasks.values().filter(|t| matches(t)).count() as u64
+        };
+        // The page: from the token's position, only as far as it takes to fill it.
+        let from = after.map_or(0, |a| a.saturating_add(1));
         let mut page = Vec::with_capacity(page_size.min(state.tasks.len()));
         let mut last_in_page = None;
         let mut more = false;
-        for (seq, task) in &state.tasks {
-            tasks_by_status[status_index(task.status)] += 1;
-            let matches = (statuses.is_empty() || statuses.contains(&task.status))
-                && (agents.is_empty() || agents.contains(task.agent_id.as_str()));
-            if !matches {
+        for (seq, task) in state.tasks.range(from..) {
+            if !matches(task) {
                 continue;
             }
-            total += 1;
-            if after.is_some_and(|a| *seq <= a) {
-                continue;
-            }
-            if page.len() < page_size {
-                page.push(task.clone());
-                last_in_page = Some(*seq);
-            } else {
+            if page.len() == page_size {
                 more = true;
+                break;
             }
+            page.push(task.clone());
+            last_in_page = Some(*seq);
         }
         let active = tasks_by_status[..4].iter().sum::<u64>();
         let state_kind = if state.global_interrupt {
@@ -143,22 +160,10 @@ impl Core {
     }
 }
 
-fn status_index(status: TaskStatus) -> usize {
-    match status {
-        TaskStatus::Pending => 0,
-        TaskStatus::Running => 1,
-        TaskStatus::Interrupted => 2,
-        TaskStatus::InputRequired => 3,
-        TaskStatus::Completed => 4,
-        TaskStatus::Failed => 5,
-        TaskStatus::Cancelled => 6,
-    }
-}
-
 /// A fingerprint of a query's filters, carried in its page tokens so that a token is not
 /// used with other filters.
 fn filter_fingerprint(statuses: &HashSet<TaskStatus>, agents: &HashSet<&str>) -> u64 {
-    let mut s: Vec<usize> = statuses.iter().map(|s| status_index(*s)).collect();
+    let mut s: Vec<usize> = statuses.iter().map(|s| s.index()).collect();
     s.sort_unstable();
     let mut a: Vec<&str> = agents.iter().copied().collect();
     a.sort_unstable();

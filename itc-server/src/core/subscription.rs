@@ -260,19 +260,57 @@ impl Subscription {
 
     /// The next item; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<Result<StreamItem, CoreError>> {
+        if let Err(e) = self.ready().await? {
+            return Some(Err(e));
+        }
+        let item = self.pending.pop_front()?;
+        self.delivered(std::slice::from_ref(&item));
+        Some(Ok(item))
+    }
+
+    /// Every item that can be sent now (at least one); `None` once the stream has ended.
+    /// A stream sends batches: one wake-up, one timer reset and one counter update per
+    /// batch instead of per event.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<StreamItem>, CoreError>> {
+        if let Err(e) = self.ready().await? {
+            return Some(Err(e));
+        }
+        let items: Vec<StreamItem> = self.pending.drain(..).collect();
+        self.delivered(&items);
+        Some(Ok(items))
+    }
+
+    /// Counts `items` as sent and restarts the idle interval.
+    fn delivered(&mut self, items: &[StreamItem]) {
+        let mut count = 0;
+        let mut last = None;
+        for item in items {
+            if let StreamItem::Event(event) = item {
+                count += 1;
+                last = Some(event.seq);
+            }
+        }
+        if let Some(last) = last {
+            self.shared.delivered_seq.store(last, Ordering::Relaxed);
+            self.shared.delivered_events.fetch_add(count, Ordering::Relaxed);
+            self.core
+                .inner
+                .hub
+                .counters
+                .delivered
+                .fetch_add(count, Ordering::Relaxed);
+        }
+        self.next_heartbeat = Instant::now() + self.interval;
+        self.heartbeat_due = false;
+    }
+
+    /// Waits until `pending` holds an item that may be sent (`Some(Ok)`), the stream
+    /// failed (`Some(Err)`: it is over), or it ended (`None`).
+    async fn ready(&mut self) -> Option<Result<(), CoreError>> {
         loop {
             let visible = self.core.inner.hub.visible();
-            if visible >= self.gate
-                && let Some(item) = self.pending.pop_front()
-            {
-                if let StreamItem::Event(event) = &item {
-                    self.shared.delivered_seq.store(event.seq, Ordering::Relaxed);
-                    self.shared.delivered_events.fetch_add(1, Ordering::Relaxed);
-                    self.core.inner.hub.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                }
-                self.next_heartbeat = Instant::now() + self.interval;
-                self.heartbeat_due = false;
-                return Some(Ok(item));
+            if visible >= self.gate && !self.pending.is_empty() {
+                return Some(Ok(()));
             }
             if self.done {
                 return None;

@@ -3,13 +3,15 @@
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use futures_util::StreamExt;
 use itc_proto::v1 as pb;
 use itc_proto::v1::monitor_service_server::MonitorService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::core::Core;
+use crate::core::{Core, StreamItem};
+use crate::error::CoreError;
 
 /// The MonitorService adapter over the core.
 #[derive(Debug, Clone)]
@@ -37,10 +39,13 @@ impl MonitorService for MonitorApi {
         tracing::debug!(subscription = subscription.id(), "subscribed");
         // The stream owns the subscription: when the client goes away tonic drops the
         // stream, and the subscription unregisters at once.
+        // Items come in batches (everything sendable at a wake-up) and are converted one
+        // at a time as tonic encodes them.
         let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
-            let item = sub.next().await?;
-            Some((item.map(convert::stream_item).map_err(Status::from), sub))
-        });
+            let batch = sub.next_batch().await?;
+            Some((batch, sub))
+        })
+        .flat_map(|batch| futures_util::stream::iter(Batch::from(batch)));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -72,5 +77,31 @@ impl MonitorService for MonitorApi {
         Ok(Response::new(pb::GetInputResponse {
             input: Some(convert::input(&input)),
         }))
+    }
+}
+
+/// One batch of a subscription as stream messages: its items, or the error that ended it.
+enum Batch {
+    Items(std::vec::IntoIter<StreamItem>),
+    Error(Option<CoreError>),
+}
+
+impl From<Result<Vec<StreamItem>, CoreError>> for Batch {
+    fn from(batch: Result<Vec<StreamItem>, CoreError>) -> Self {
+        match batch {
+            Ok(items) => Self::Items(items.into_iter()),
+            Err(e) => Self::Error(Some(e)),
+        }
+    }
+}
+
+impl Iterator for Batch {
+    type Item = Result<pb::SubscribeResponse, Status>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Items(items) => items.next().map(|item| Ok(convert::stream_item(item))),
+            Self::Error(error) => error.take().map(|e| Err(Status::from(e))),
+        }
     }
 }

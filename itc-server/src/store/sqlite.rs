@@ -10,6 +10,7 @@
 //! Layout: `tasks(id, create_seq, body)` and `events(seq, time_ms, body)`, bodies as JSON
 //! of the core's types; the schema version is SQLite's `user_version`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -154,6 +155,7 @@ impl SqliteStore {
             retention_count: options.retention_count.max(1) as u64,
             retention_age: options.retention_age,
             group: options.group_commit,
+            age_checked: None,
         };
         let thread = std::thread::Builder::new()
             .name("itc-store-writer".into())
@@ -318,7 +320,13 @@ struct Writer {
     retention_count: u64,
     retention_age: Duration,
     group: bool,
+    /// When age retention last ran: it runs at most once per [`AGE_CHECK`].
+    age_checked: Option<std::time::Instant>,
 }
+
+/// How often the writer trims events past `event_retention_age` (count retention runs at
+/// every commit that needs it).
+const AGE_CHECK: Duration = Duration::from_secs(1);
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
@@ -370,7 +378,15 @@ impl Writer {
             let mut set_meta = tx
                 .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
                 .map_err(|e| backend("prepare", e))?;
-            for (batch, _) in jobs {
+            // A task changed several times in one group is written once, as it is last:
+            // the group commits atomically, so the earlier versions are never visible.
+            let mut last_upsert: HashMap<&str, (usize, usize)> = HashMap::new();
+            for (j, (batch, _)) in jobs.iter().enumerate() {
+                for (k, task) in batch.upserts.iter().enumerate() {
+                    last_upsert.insert(task.id.as_str(), (j, k));
+                }
+            }
+            for (j, (batch, _)) in jobs.iter().enumerate() {
                 for event in &batch.events {
                     if event.seq != head + 1 {
                         return Err(StoreError::Backend(format!(
@@ -384,7 +400,10 @@ impl Writer {
                         .map_err(|e| backend("append event", e))?;
                     head = event.seq;
                 }
-                for task in &batch.upserts {
+                for (k, task) in batch.upserts.iter().enumerate() {
+                    if last_upsert.get(task.id.as_str()) != Some(&(j, k)) {
+                        continue;
+                    }
                     let body = serde_json::to_vec(&**task).map_err(|e| backend("encode task", e))?;
                     upsert
                         .execute(params![task.id, task.create_seq as i64, body])
@@ -423,21 +442,36 @@ impl Writer {
                 .map_err(|e| backend("retention of closed items", e))?;
             }
         }
-        // Retention: by count, then by age.
+        // Retention: by count when the log is longer than it keeps, by age once per
+        // AGE_CHECK. The newest event always stays.
         let by_count = head.saturating_sub(self.retention_count);
-        let cutoff = SystemTime::now().checked_sub(self.retention_age).map_or(0, millis);
-        tx.execute(
-            "DELETE FROM events WHERE seq <= ?1 OR (time_ms < ?2 AND seq < ?3)",
-            params![by_count as i64, cutoff, head as i64],
-        )
-        .map_err(|e| backend("retention", e))?;
-        let oldest: Option<i64> = tx
-            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
-            .map_err(|e| backend("retention", e))?;
+        let age_due = self.age_checked.is_none_or(|at| at.elapsed() >= AGE_CHECK);
+        let oldest_before = self.oldest.load(Ordering::Acquire);
+        let mut oldest = oldest_before;
+        if by_count >= oldest_before || age_due {
+            let cutoff = if age_due {
+                SystemTime::now().checked_sub(self.retention_age).map_or(0, millis)
+            } else {
+                0
+            };
+            let deleted = tx
+                .prepare_cached("DELETE FROM events WHERE seq <= ?1 OR (time_ms < ?2 AND seq < ?3)")
+                .and_then(|mut delete| delete.execute(params![by_count as i64, cutoff, head as i64]))
+                .map_err(|e| backend("retention", e))?;
+            if deleted > 0 {
+                let min: Option<i64> = tx
+                    .prepare_cached("SELECT MIN(seq) FROM events")
+                    .and_then(|mut min| min.query_row([], |r| r.get(0)))
+                    .map_err(|e| backend("retention", e))?;
+                oldest = min.map_or(head + 1, |o| o as u64);
+            }
+        }
         tx.commit().map_err(|e| backend("commit", e))?;
+        if age_due {
+            self.age_checked = Some(std::time::Instant::now());
+        }
         self.head.store(head, Ordering::Release);
-        self.oldest
-            .store(oldest.map_or(head + 1, |o| o as u64), Ordering::Release);
+        self.oldest.store(oldest, Ordering::Release);
         Ok(())
     }
 }
@@ -616,6 +650,76 @@ mod tests {
         };
         assert!(store.commit(gap).await.is_err());
         assert_eq!(store.recover().unwrap().head_seq, 12);
+    }
+
+    fn task(id: &str, version: u64) -> Arc<Task> {
+        let now = SystemTime::now();
+        Arc::new(Task {
+            id: id.into(),
+            agent_id: "a".into(),
+            description: String::new(),
+            status: crate::core::TaskStatus::Running,
+            progress: 0.0,
+            status_message: format!("v{version}"),
+            metadata: None,
+            priority: 0,
+            plan: crate::core::Plan::default(),
+            version,
+            create_time: now,
+            start_time: None,
+            update_time: now,
+            finish_time: None,
+            controlling_coordinator: None,
+            result: None,
+            error: None,
+            reason: None,
+            stalled: false,
+            orphaned: false,
+            stall_timeout: Duration::from_secs(300),
+            create_seq: 1,
+            lock: None,
+            open_inputs: Vec::new(),
+            open_commands: Vec::new(),
+            last_command: None,
+        })
+    }
+
+    /// Commits queued together are written as one group in which each task is written
+    /// once, as it is last; a removal after an upsert in the same group still removes it,
+    /// and an upsert after a removal brings it back.
+    #[tokio::test]
+    async fn a_group_writes_each_task_as_it_is_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(options(dir.path())).unwrap();
+        let mut commits = Vec::new();
+        for seq in 1..=50u64 {
+            let mut batch = Batch {
+                events: vec![event(seq)],
+                upserts: vec![task("hot", seq)],
+                ..Batch::default()
+            };
+            match seq {
+                10 => batch.upserts.push(task("gone", seq)),
+                20 => batch.removals.push("gone".into()),
+                30 => batch.removals.push("back".into()),
+                40 => batch.upserts.push(task("back", seq)),
+                _ => {}
+            }
+            // Queued without waiting: the writer groups whatever queued meanwhile.
+            commits.push(store.commit(batch));
+        }
+        for commit in commits {
+            commit.await.unwrap();
+        }
+        drop(store);
+        let store = SqliteStore::open(options(dir.path())).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.head_seq, 50);
+        let versions: Vec<(String, u64)> = recovered.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
+        assert!(versions.contains(&("hot".into(), 50)), "{versions:?}");
+        assert!(versions.contains(&("back".into(), 40)), "{versions:?}");
+        assert!(!versions.iter().any(|(id, _)| id == "gone"), "{versions:?}");
+        assert_eq!(versions.len(), 2, "{versions:?}");
     }
 
     /// A data dir written by a newer schema is refused with a message saying so.
