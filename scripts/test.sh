@@ -18,7 +18,7 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo check of each crate on its own (no feature unification)"
-for crate in itc-proto itc-server itc-client; do
+for crate in itc-proto itc-server itc-client itc-bench; do
   cargo check -p "$crate" --locked
 done
 
@@ -38,6 +38,21 @@ for example in simple_streaming streaming_coordination background_monitoring hum
 done
 echo "examples: 4 passed, 0 failed"
 
+step "benchmark tool: every scenario once at tiny sizes (a smoke run; it measures nothing)"
+cargo build -p itc-bench --locked --quiet
+timeout 300 target/debug/itc-bench --quick --repeat 1 --json >target/bench-smoke.jsonl 2>target/bench-smoke.log || {
+  tail -n 30 target/bench-smoke.log
+  echo "itc-bench --quick failed" >&2
+  exit 1
+}
+rows=$(grep -c '"scenario"' target/bench-smoke.jsonl || true)
+if [ "$rows" -lt 15 ]; then
+  cat target/bench-smoke.jsonl
+  echo "itc-bench --quick printed $rows result rows, expected at least 15" >&2
+  exit 1
+fi
+echo "itc-bench --quick: $rows result rows, no scenario failed"
+
 step "buf lint"
 (cd proto && "$ROOT/.tools/node_modules/.bin/buf" lint)
 echo "buf lint: passed"
@@ -50,4 +65,4 @@ step "python check: stubs generated from proto/"
 bash scripts/check-python.sh
 
 printf '\nall checks passed in %ss\n' "$((SECONDS - started))"
-echo "checks: 9 passed, 0 failed"
+echo "checks: 10 passed, 0 failed"

@@ -164,7 +164,7 @@ struct Plan {
 impl Plan {
     fn full() -> Self {
         Self {
-            fanout: vec![(1, 40_000), (100, 10_000), (1_000, 1_500)],
+            fanout: vec![(1, 40_000), (100, 20_000), (1_000, 2_000)],
             window: 64,
             latency_subscribers: vec![100, 1_000],
             latency_rate: 10_000.0,
@@ -173,7 +173,7 @@ impl Plan {
             idle: 10_000,
             settle: Duration::from_secs(2),
             status_tasks: 10_000,
-            coordinate_tasks: 1_024,
+            coordinate_tasks: 10_000,
             agents: 100,
             unary: unary::Bounds {
                 in_flight: 64,
