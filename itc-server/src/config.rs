@@ -90,6 +90,9 @@ pub struct Settings {
     /// After a restart, live tasks whose agent has not reconnected within this are
     /// flagged ORPHANED.
     pub orphan_grace: Duration,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None` (the default): no
+    /// metrics are recorded at all.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -117,6 +120,7 @@ impl Default for Settings {
             in_memory: false,
             sync: crate::store::SyncLevel::Full,
             orphan_grace: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }
@@ -149,6 +153,7 @@ pub struct Overrides {
     pub in_memory: Option<bool>,
     pub sync: Option<crate::store::SyncLevel>,
     pub orphan_grace: Option<Seconds>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A duration as written in a config: a number of seconds (`0.5`, `3600`) or a
@@ -233,6 +238,7 @@ impl Overrides {
             in_memory,
             sync,
             orphan_grace,
+            metrics_listen,
         )
     }
 
@@ -281,6 +287,7 @@ impl Overrides {
             in_memory: self.in_memory.unwrap_or(d.in_memory),
             sync: self.sync.unwrap_or(d.sync),
             orphan_grace: dur(self.orphan_grace, "orphan_grace", d.orphan_grace)?,
+            metrics_listen: self.metrics_listen.or(d.metrics_listen),
         };
         settings.validate()?;
         Ok(settings)
@@ -346,6 +353,15 @@ impl Settings {
                 format!("{} is below the minimum of 1024", self.max_message_bytes),
             );
         }
+        if let Some(metrics) = self.metrics_listen
+            && metrics.port() != 0
+            && metrics == self.listen
+        {
+            return invalid(
+                "metrics_listen",
+                format!("{metrics} is the gRPC address (listen): choose another port"),
+            );
+        }
         if self.max_payload_bytes > self.max_message_bytes {
             return invalid(
                 "max_payload_bytes",
@@ -388,7 +404,11 @@ impl fmt::Display for Settings {
             writeln!(f, "data_dir = {}", self.data_dir.display())?;
         }
         writeln!(f, "sync = {:?}", self.sync)?;
-        write!(f, "orphan_grace = {}", d(self.orphan_grace))
+        writeln!(f, "orphan_grace = {}", d(self.orphan_grace))?;
+        match self.metrics_listen {
+            Some(addr) => write!(f, "metrics_listen = {addr}"),
+            None => write!(f, "metrics_listen = off"),
+        }
     }
 }
 
@@ -472,6 +492,14 @@ mod tests {
                 },
                 "max_payload_bytes",
             ),
+            (
+                Overrides {
+                    listen: "127.0.0.1:9090".parse().ok(),
+                    metrics_listen: "127.0.0.1:9090".parse().ok(),
+                    ..Default::default()
+                },
+                "metrics_listen",
+            ),
         ];
         for (overrides, setting) in cases {
             match overrides.clone().resolve() {
@@ -479,6 +507,21 @@ mod tests {
                 other => panic!("{overrides:?}: expected invalid {setting}, got {other:?}"),
             }
         }
+    }
+
+    /// Metrics are off unless `metrics_listen` is set, from the file or above it.
+    #[test]
+    fn metrics_listen_is_off_by_default() {
+        let s = Overrides::default().resolve().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.metrics_listen, None);
+        assert!(s.to_string().contains("metrics_listen = off"));
+        let file: Overrides = toml::from_str("metrics_listen = \"127.0.0.1:9090\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let s = Overrides::default()
+            .over(file)
+            .resolve()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.metrics_listen, "127.0.0.1:9090".parse().ok());
+        assert!(s.to_string().contains("metrics_listen = 127.0.0.1:9090"));
     }
 
     /// An unknown key in the file is an error naming it.

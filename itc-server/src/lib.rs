@@ -7,6 +7,7 @@
 //! - [`store`]: persistence behind the [`store::Store`] trait.
 //! - [`grpc`]: thin adapters, one per service, converting requests and mapping errors.
 //! - [`config`]: settings (flags, `ITC_*` environment, TOML file, defaults).
+//! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint (`--metrics-listen`).
 //! - [`serve`]: runs the whole service on a bound listener until a shutdown signal.
 //!
 //! # Embedding
@@ -21,6 +22,7 @@
 //! ```
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +38,12 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod store;
 
 use config::Settings;
 use core::{Core, CoreConfig};
+use metrics::Metrics;
 use store::{MemoryStore, SqliteOptions, SqliteStore, Store};
 
 /// Why the server could not run.
@@ -60,6 +64,17 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// `metrics_listen` could not be bound.
+    #[error("invalid setting `metrics_listen`: cannot listen on {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// The fully-qualified names of the services ITC serves (as health and reflection see
@@ -73,40 +88,90 @@ pub const SERVICE_NAMES: [&str; 4] = [
 
 /// Serves ITC on `listener` until `shutdown` resolves, then drains: health goes
 /// NOT_SERVING, the core refuses new writes, the listener closes, and in-flight calls get
-/// up to `shutdown_grace` to finish before this returns anyway.
+/// up to `shutdown_grace` to finish before this returns anyway. With
+/// `settings.metrics_listen`, binds it and serves Prometheus metrics there too.
 pub async fn serve(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let store = open_store(&settings)?;
-    let core = Core::open(CoreConfig::from_settings(&settings), store)?;
-    serve_core(listener, settings, core, shutdown).await
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    serve_listeners(listener, metrics_listener, settings, shutdown).await
 }
 
-/// The store the settings ask for: SQLite in `data_dir` (the default) or memory.
-pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, ServeError> {
+/// As [`serve`], with Prometheus metrics served at `/metrics` on `metrics_listener`
+/// (bound by the caller, who so knows its address even for port 0), whatever
+/// `settings.metrics_listen` says. The endpoint closes when the server stops.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_listeners(listener, Some(metrics_listener), settings, shutdown).await
+}
+
+async fn serve_listeners(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let metrics = match metrics_listener {
+        Some(_) => Metrics::prometheus()?,
+        None => Metrics::disabled(),
+    };
+    let store = open_store(&settings, &metrics)?;
+    let core = Core::open_with_metrics(CoreConfig::from_settings(&settings), store, metrics)?;
+    serve_all(listener, metrics_listener, settings, core, shutdown).await
+}
+
+/// The store the settings ask for: SQLite in `data_dir` (the default) or memory. The
+/// SQLite store records its commits in `metrics`.
+pub fn open_store(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Store>, ServeError> {
     if settings.in_memory {
         return Ok(Arc::new(MemoryStore::new(
             settings.event_retention_count,
             settings.event_retention_age,
         )));
     }
-    let store = SqliteStore::open(SqliteOptions {
-        data_dir: settings.data_dir.clone(),
-        sync: settings.sync,
-        retention_count: settings.event_retention_count,
-        retention_age: settings.event_retention_age,
-        group_commit: true,
-    })
+    let store = SqliteStore::open_with_metrics(
+        SqliteOptions {
+            data_dir: settings.data_dir.clone(),
+            sync: settings.sync,
+            retention_count: settings.event_retention_count,
+            retention_age: settings.event_retention_age,
+            group_commit: true,
+        },
+        metrics.store(),
+    )
     .map_err(ServeError::Store)?;
     tracing::info!(path = %store.path().display(), "embedded store open");
     Ok(Arc::new(store))
 }
 
-/// As [`serve`], over an existing core (tests that look inside, embedding).
+/// As [`serve`], over an existing core (tests that look inside, embedding). Calls are
+/// counted in the core's metrics ([`Core::open_with_metrics`]), but no endpoint is
+/// served: `settings.metrics_listen` is not looked at.
 pub async fn serve_core(
     listener: TcpListener,
+    settings: Settings,
+    core: Core,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_all(listener, None, settings, core, shutdown).await
+}
+
+async fn serve_all(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     settings: Settings,
     core: Core,
     shutdown: impl Future<Output = ()> + Send,
@@ -148,6 +213,19 @@ pub async fn serve_core(
     // Leases, lock expiry, command timeouts, input deadlines and stalls.
     tokio::spawn(core.clone().run_timers());
 
+    // `/metrics`, until this returns (however it returns).
+    let _endpoint = metrics_listener.map(|metrics_listener| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(metrics::serve_endpoint(
+            metrics_listener,
+            core.metrics().clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        stop
+    });
+
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_core = core.clone();
     let failure_core = core.clone();
@@ -169,6 +247,7 @@ pub async fn serve_core(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(metrics::RpcLayer::new(core.metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -186,6 +186,10 @@ struct Args {
         allow_negative_numbers = true
     )]
     shutdown_grace: Option<Seconds>,
+
+    /// Serve Prometheus metrics on this address, at `/metrics` [default: off].
+    #[arg(long, env = "ITC_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -213,6 +217,7 @@ impl Args {
             in_memory: self.in_memory,
             sync: self.sync,
             orphan_grace: self.orphan_grace.clone(),
+            metrics_listen: self.metrics_listen,
         }
     }
 }
@@ -254,6 +259,18 @@ async fn run(settings: itc_server::config::Settings) -> ExitCode {
         Ok(listener) => listener,
         Err(e) => return fail(&format!("cannot listen on {}: {e}", settings.listen)),
     };
+    // Bound here too, so that a busy port stops the server before it announces itself.
+    let metrics = match settings.metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                return fail(&format!(
+                    "invalid setting `metrics_listen`: cannot listen on {addr}: {e}"
+                ));
+            }
+        },
+        None => None,
+    };
     let signals = match Signals::install() {
         Ok(signals) => signals,
         Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
@@ -266,11 +283,21 @@ async fn run(settings: itc_server::config::Settings) -> ExitCode {
         tracing::info!("config: {line}");
     }
     tracing::info!(%addr, "itc-server listening");
+    if let Some(metrics) = &metrics {
+        match metrics.local_addr() {
+            Ok(addr) => tracing::info!("metrics at http://{addr}/metrics"),
+            Err(e) => return fail(&format!("cannot read the bound metrics address: {e}")),
+        }
+    }
     // One line on stdout, for scripts started with `--listen 127.0.0.1:0`.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    match itc_server::serve(listener, settings, signals.recv()).await {
+    let served = match metrics {
+        Some(metrics) => itc_server::serve_with_metrics(listener, metrics, settings, signals.recv()).await,
+        None => itc_server::serve(listener, settings, signals.recv()).await,
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

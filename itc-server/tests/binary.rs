@@ -162,6 +162,81 @@ async fn busy_port_is_reported() {
     );
 }
 
+/// `--metrics-listen` (or `ITC_METRICS_LISTEN`) that is not an address, is the gRPC
+/// address, or is taken stops the server with exit code 2 and a message naming it.
+#[tokio::test]
+async fn bad_metrics_listen_exits_two_naming_it() {
+    let (code, stderr) = run_to_end(server().args(["--metrics-listen", "nope", "--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--metrics-listen"), "{stderr}");
+
+    let (code, stderr) = run_to_end(
+        server()
+            .env("ITC_METRICS_LISTEN", "127.0.0.1:http")
+            .args(["--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("metrics-listen"), "{stderr}");
+
+    let (code, stderr) =
+        run_to_end(server().args(["--metrics-listen", "127.0.0.1:50999", "--listen", "127.0.0.1:50999"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid setting `metrics_listen`"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, stderr) = run_to_end(server().args(["--metrics-listen", &addr, "--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid setting `metrics_listen`") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}
+
+/// `--metrics-listen 127.0.0.1:0` serves Prometheus text at `/metrics`, on the address the
+/// log announces; the effective configuration shows the setting.
+#[tokio::test]
+async fn metrics_listen_serves_prometheus_text() {
+    let (mut child, _) = start(server().args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])).await;
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let mut seen = String::new();
+    let metrics = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("reads stderr") {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some((_, rest)) = line.split_once("metrics at http://") {
+                return rest.trim_end_matches("/metrics").to_owned();
+            }
+        }
+        panic!("no metrics address logged:\n{seen}");
+    })
+    .await
+    .expect("logs the metrics address before the deadline");
+    assert!(seen.contains("config: metrics_listen = 127.0.0.1:0"), "{seen}");
+
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&metrics).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {metrics}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+    })
+    .await
+    .expect("no panic");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\nitc_subscriptions_open 0\n"), "{body}");
+
+    let (code, stderr) = signal_and_wait(child, "-TERM").await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// A data dir written by a newer schema, or a corrupt one, or one in use by another
 /// server, stops the binary at start with exit code 2 and a message saying what to do;
 /// `--in-memory` writes no files.

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves `/metrics` (only [`TestServer::start_with_metrics`]).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), itc_server::ServeError>>>,
 }
@@ -41,6 +43,26 @@ impl TestServer {
         }));
         Self {
             addr,
+            metrics_addr: None,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Starts a server with `settings` and Prometheus metrics, both on 127.0.0.1:0 (bound
+    /// first, so `metrics_addr` is known before it serves).
+    pub async fn start_with_metrics(settings: Settings) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback address");
+        let addr = listener.local_addr().expect("local addr");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback address");
+        let metrics_addr = metrics.local_addr().expect("metrics local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(itc_server::serve_with_metrics(listener, metrics, settings, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            metrics_addr: Some(metrics_addr),
             shutdown: Some(tx),
             handle: Some(handle),
         }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use tokio::sync::{Notify, watch};
 
 use super::model::{Event, EventType};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// What a subscription wants. Empty sets mean "all".
@@ -73,17 +74,51 @@ impl Matcher {
     }
 }
 
-/// Stream counters, shown by GetStatus.
+/// Stream counters, shown by GetStatus and, updated at the same places, as Prometheus
+/// metrics.
 #[derive(Debug, Default)]
 pub(crate) struct StreamCounters {
     /// Subscribe streams open now.
-    pub(crate) active: AtomicU64,
+    active: AtomicU64,
     /// Log events delivered to subscribers.
-    pub(crate) delivered: AtomicU64,
+    delivered: AtomicU64,
     /// Subscriptions currently reading the log because they fell behind their inbox.
-    pub(crate) lagging: AtomicU64,
+    lagging: AtomicU64,
     /// Subscriptions that fell past retention (told OUT_OF_RANGE or reset).
     pub(crate) dropped: AtomicU64,
+    metrics: Metrics,
+}
+
+impl StreamCounters {
+    pub(crate) fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn lagging(&self) -> u64 {
+        self.lagging.load(Ordering::Relaxed)
+    }
+
+    /// `n` log events were sent to a subscriber (counted per batch, not per event).
+    pub(crate) fn add_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+        self.metrics.events_delivered().increment(n);
+    }
+
+    /// A subscription's inbox overflowed: it reads the log now.
+    pub(crate) fn lag_started(&self) {
+        self.lagging.fetch_add(1, Ordering::Relaxed);
+        self.metrics.subscribers_lagging().increment(1.0);
+    }
+
+    /// A lagging subscription caught up (or went away).
+    pub(crate) fn lag_ended(&self) {
+        self.lagging.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.subscribers_lagging().decrement(1.0);
+    }
 }
 
 /// The part of a subscription the publishers see.
@@ -183,7 +218,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub(crate) fn new(head_seq: u64, ring_capacity: usize, inbox_capacity: usize) -> Self {
+    pub(crate) fn new(head_seq: u64, ring_capacity: usize, inbox_capacity: usize, metrics: Metrics) -> Self {
         Self {
             ring: RwLock::new(VecDeque::new()),
             ring_capacity: ring_capacity.max(1),
@@ -191,7 +226,10 @@ impl Hub {
             index: Mutex::new(Index::default()),
             next_id: AtomicU64::new(1),
             inbox_capacity: inbox_capacity.max(1),
-            counters: StreamCounters::default(),
+            counters: StreamCounters {
+                metrics,
+                ..StreamCounters::default()
+            },
             drain: watch::Sender::new(false),
         }
     }
@@ -241,6 +279,7 @@ impl Hub {
         }
         index.subs.insert(id, shared.clone());
         self.counters.active.fetch_add(1, Ordering::Relaxed);
+        self.counters.metrics.subscriptions_open().increment(1.0);
         shared
     }
 
@@ -268,8 +307,9 @@ impl Hub {
         index.all.remove(&id);
         drop(index);
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        self.counters.metrics.subscriptions_open().decrement(1.0);
         if shared.inbox().lagging {
-            self.counters.lagging.fetch_sub(1, Ordering::Relaxed);
+            self.counters.lag_ended();
         }
     }
 
@@ -308,7 +348,7 @@ impl Hub {
                     inbox.last_skipped = event.seq;
                     if !inbox.lagging {
                         inbox.lagging = true;
-                        self.counters.lagging.fetch_add(1, Ordering::Relaxed);
+                        self.counters.lag_started();
                     }
                 } else {
                     inbox.events.push_back(event.clone());

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::error::CoreError;
+use crate::metrics::Metrics;
 use crate::store::{Batch, Commit, MemoryStore, Recovered, Store, StoreError};
 
 mod commands;
@@ -173,6 +174,8 @@ struct Inner {
     failed: tokio::sync::watch::Sender<bool>,
     /// Woken whenever a command changes state (Coordinate may wait for one).
     commands_changed: tokio::sync::Notify,
+    /// Prometheus handles (no-ops unless metrics are on).
+    metrics: Metrics,
 }
 
 impl State {
@@ -246,6 +249,8 @@ struct State {
     max_finished: usize,
     /// When this process recovered the store's tasks.
     recovered_at: Option<tokio::time::Instant>,
+    /// Prometheus handles (the sessions gauge is kept where sessions come and go).
+    metrics: Metrics,
 }
 
 /// The changes of one operation, gathered before they are applied to the store.
@@ -292,20 +297,26 @@ impl Tx {
 impl Core {
     /// A core over `store`, recovering what the store holds.
     pub fn open(config: CoreConfig, store: Arc<dyn Store>) -> Result<Self, CoreError> {
+        Self::open_with_metrics(config, store, Metrics::disabled())
+    }
+
+    /// As [`Core::open`], recording into `metrics`.
+    pub fn open_with_metrics(config: CoreConfig, store: Arc<dyn Store>, metrics: Metrics) -> Result<Self, CoreError> {
         let recovered = store.recover()?;
-        Ok(Self::from_recovered(config, store, recovered))
+        Ok(Self::from_recovered(config, store, recovered, metrics))
     }
 
     /// A core over a fresh in-memory store with default retention (tests, embedding).
     pub fn in_memory(config: CoreConfig) -> Self {
         let store = Arc::new(MemoryStore::new(1_000_000, Duration::from_secs(24 * 3600)));
-        Self::from_recovered(config, store, Recovered::default())
+        Self::from_recovered(config, store, Recovered::default(), Metrics::disabled())
     }
 
-    fn from_recovered(config: CoreConfig, store: Arc<dyn Store>, recovered: Recovered) -> Self {
+    fn from_recovered(config: CoreConfig, store: Arc<dyn Store>, recovered: Recovered, metrics: Metrics) -> Self {
         let mut state = State {
             head_seq: recovered.head_seq,
             max_finished: config.max_finished_tasks,
+            metrics: metrics.clone(),
             ..State::default()
         };
         let mut finished: Vec<(SystemTime, u64)> = Vec::new();
@@ -375,7 +386,12 @@ impl Core {
             .get("interactions")
             .and_then(|v| u64::try_from(*v).ok())
             .unwrap_or(0);
-        let hub = hub::Hub::new(state.head_seq, config.event_buffer, config.subscriber_buffer);
+        let hub = hub::Hub::new(
+            state.head_seq,
+            config.event_buffer,
+            config.subscriber_buffer,
+            metrics.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -386,6 +402,7 @@ impl Core {
                 closed: AtomicBool::new(false),
                 failed: tokio::sync::watch::Sender::new(false),
                 commands_changed: tokio::sync::Notify::new(),
+                metrics,
             }),
         }
     }
@@ -393,6 +410,11 @@ impl Core {
     /// The store the core writes to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The metrics the core records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Refuses writes from now on and ends every stream with STREAM_END (shutdown).
@@ -425,7 +447,9 @@ impl Core {
             };
             let value = op(&mut state, &mut tx)?;
             state.recount(&tx.batch);
-            state.counters.events_published += tx.next_seq - 1 - state.head_seq;
+            let published = tx.next_seq - 1 - state.head_seq;
+            state.counters.events_published += published;
+            self.inner.metrics.events_published().increment(published);
             state.head_seq = tx.next_seq - 1;
             let wake = self.inner.hub.append(&tx.batch.events);
             let commands_changed = tx.batch.events.iter().any(|e| {
@@ -519,9 +543,9 @@ impl Core {
     pub fn stream_stats(&self) -> StreamStats {
         let c = &self.inner.hub.counters;
         StreamStats {
-            active: c.active.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
-            lagging: c.lagging.load(Ordering::Relaxed),
+            active: c.active(),
+            delivered: c.delivered(),
+            lagging: c.lagging(),
             dropped: c.dropped.load(Ordering::Relaxed),
         }
     }

@@ -249,6 +249,10 @@ impl Core {
             let info = match state.sessions.get_mut(&id) {
                 Some(entry) => {
                     entry.info.generation += 1;
+                    if entry.info.kind != request.kind {
+                        state.metrics.sessions(entry.info.kind).decrement(1.0);
+                        state.metrics.sessions(request.kind).increment(1.0);
+                    }
                     entry.info.kind = request.kind;
                     entry.info.capabilities = request.capabilities;
                     entry.info.lease_ttl = ttl;
@@ -274,6 +278,7 @@ impl Core {
                         generation: 1,
                     };
                     let channel = Arc::new(SessionChannel::default());
+                    state.metrics.sessions(request.kind).increment(1.0);
                     state.sessions.insert(
                         id.clone(),
                         SessionEntry {
@@ -531,6 +536,7 @@ impl State {
         let Some(entry) = self.sessions.remove(id) else {
             return;
         };
+        self.metrics.sessions(entry.info.kind).decrement(1.0);
         for task_id in &entry.locks {
             self.release_lock(tx, task_id, LockCause::Disconnected);
         }

@@ -232,7 +232,7 @@ impl Core {
             inbox.last_skipped = head;
             if inbox.lagging {
                 inbox.lagging = false;
-                self.inner.hub.counters.lagging.fetch_sub(1, Ordering::Relaxed);
+                self.inner.hub.counters.lag_ended();
             }
         }
         sub.cursor = head + 1;
@@ -293,12 +293,7 @@ impl Subscription {
         if let Some(last) = last {
             self.shared.delivered_seq.store(last, Ordering::Relaxed);
             self.shared.delivered_events.fetch_add(count, Ordering::Relaxed);
-            self.core
-                .inner
-                .hub
-                .counters
-                .delivered
-                .fetch_add(count, Ordering::Relaxed);
+            self.core.inner.hub.counters.add_delivered(count);
         }
         self.next_heartbeat = Instant::now() + self.interval;
         self.heartbeat_due = false;
@@ -452,7 +447,7 @@ impl Subscription {
                     inbox.scanning = false;
                     if inbox.lagging {
                         inbox.lagging = false;
-                        hub.counters.lagging.fetch_sub(1, Ordering::Relaxed);
+                        hub.counters.lag_ended();
                     }
                 } else {
                     // A matching event was appended but is not durable yet.

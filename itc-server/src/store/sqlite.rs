@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::{Batch, Commit, Recovered, Store, StoreError};
 use crate::core::{Event, Task};
+use crate::metrics::StoreMetrics;
 
 /// The schema this build writes. A data dir with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -126,6 +127,12 @@ impl SqliteStore {
     /// Opens (or creates) the store in `options.data_dir`: checks the schema version,
     /// migrates an older one, and starts the writer.
     pub fn open(options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_with_metrics(options, StoreMetrics::default())
+    }
+
+    /// As [`SqliteStore::open`], with the writer recording each group commit (its
+    /// duration and its events) in `metrics`.
+    pub fn open_with_metrics(options: SqliteOptions, metrics: StoreMetrics) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| backend(&format!("cannot create data dir {}", options.data_dir.display()), e))?;
         let dir_lock = lock_dir(&options.data_dir)?;
@@ -156,6 +163,7 @@ impl SqliteStore {
             retention_age: options.retention_age,
             group: options.group_commit,
             age_checked: None,
+            metrics,
         };
         let thread = std::thread::Builder::new()
             .name("itc-store-writer".into())
@@ -322,6 +330,8 @@ struct Writer {
     group: bool,
     /// When age retention last ran: it runs at most once per [`AGE_CHECK`].
     age_checked: Option<std::time::Instant>,
+    /// Commit duration and events per group.
+    metrics: StoreMetrics,
 }
 
 /// How often the writer trims events past `event_retention_age` (count retention runs at
@@ -342,7 +352,13 @@ impl Writer {
             }
             let result = match &self.failed {
                 Some(e) => Err(e.clone()),
-                None => self.write(&jobs),
+                None => {
+                    let started = std::time::Instant::now();
+                    let result = self.write(&jobs);
+                    let events = jobs.iter().map(|(batch, _)| batch.events.len()).sum();
+                    self.metrics.committed(events, started.elapsed());
+                    result
+                }
             };
             if let Err(e) = &result
                 && self.failed.is_none()
