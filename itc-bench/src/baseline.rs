@@ -29,6 +29,10 @@ use proto::{EchoRequest, EchoResponse};
 /// messages' size.
 const CAPACITY: usize = 1 << 17;
 
+/// Capacity of a per-task channel (the filtered scenario has 10,000 of them, each
+/// receiving a few events): small, since a broadcast channel allocates all its slots.
+const TASK_CAPACITY: usize = 1024;
+
 /// The baseline service.
 #[derive(Clone)]
 pub(crate) struct BaselineService {
@@ -128,7 +132,7 @@ impl Baseline for BaselineService {
                 .lock()
                 .map_err(|_| Status::internal("poisoned"))?
                 .entry(task.clone())
-                .or_insert_with(|| broadcast::channel(1024).0)
+                .or_insert_with(|| broadcast::channel(TASK_CAPACITY).0)
                 .subscribe(),
         };
         let start = pb::SubscribeResponse {

@@ -204,7 +204,7 @@ where
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + duration;
-    let mut handles = Vec::with_capacity(workers);
+    let mut handles: Vec<tokio::task::JoinHandle<Result<Histogram<u64>, Status>>> = Vec::with_capacity(workers);
     for worker in 0..workers {
         let call = call.clone();
         let next = next.clone();
@@ -222,10 +222,21 @@ where
         }));
     }
     let mut latency = histogram();
-    for handle in handles {
-        let hist: Result<Histogram<u64>, Status> = handle.await.map_err(|e| BenchError::Failed(e.to_string()))?;
-        let hist = hist.map_err(BenchError::from)?;
-        latency.add(&hist).map_err(|e| BenchError::Failed(e.to_string()))?;
+    let mut handles = handles.into_iter();
+    while let Some(handle) = handles.next() {
+        let failure = match handle.await {
+            Ok(Ok(hist)) => {
+                latency.add(&hist).map_err(|e| BenchError::Failed(e.to_string()))?;
+                continue;
+            }
+            Ok(Err(status)) => BenchError::from(status),
+            Err(e) => BenchError::Failed(e.to_string()),
+        };
+        // The first failure stops the load: no worker is left running.
+        for rest in handles {
+            rest.abort();
+        }
+        return Err(failure);
     }
     Ok(Load {
         calls: latency.len(),

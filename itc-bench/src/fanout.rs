@@ -30,6 +30,15 @@ struct Subscribers {
     expected: u64,
 }
 
+impl Drop for Subscribers {
+    /// A scenario that failed half-way leaves no subscriber running.
+    fn drop(&mut self) {
+        for handle in &self.handles {
+            handle.abort();
+        }
+    }
+}
+
 impl Subscribers {
     /// Opens one subscriber per entry of `filters` (a task id, or `None` for all events)
     /// and waits until every stream has started.
@@ -110,12 +119,12 @@ impl Subscribers {
 
     /// Waits until every subscriber has its events: the last receive time and the merged
     /// latencies.
-    async fn finish(self) -> Result<(Instant, Histogram<u64>), BenchError> {
+    async fn finish(mut self) -> Result<(Instant, Histogram<u64>), BenchError> {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut last: Option<Instant> = None;
         let mut latency = drive::histogram();
         let n = self.handles.len();
-        let mut handles = self.handles.into_iter();
+        let mut handles = std::mem::take(&mut self.handles).into_iter();
         let mut finished = 0;
         while let Some(handle) = handles.next() {
             let abort = handle.abort_handle();
@@ -141,8 +150,20 @@ impl Subscribers {
                 }
             }
         }
+        if !stamped_all(&latency, n as u64 * self.expected) {
+            return Err(BenchError::Failed(format!(
+                "{} latency samples for {} deliveries: events without a publish stamp",
+                latency.len(),
+                n as u64 * self.expected
+            )));
+        }
         Ok((last.unwrap_or_else(Instant::now), latency))
     }
+}
+
+/// Every delivery of a latency run carries a stamp (throughput runs record none).
+fn stamped_all(latency: &Histogram<u64>, deliveries: u64) -> bool {
+    latency.is_empty() || latency.len() == deliveries
 }
 
 /// A publisher connection with its task started and warm.
@@ -163,14 +184,28 @@ async fn publisher(server: &Server, agent: &str, tasks: usize) -> Result<(Publis
     Ok((publisher, tasks))
 }
 
+/// Filters for `n` subscribers of the publisher's one task: ITC's subscribers filter on
+/// it; the baseline's take its whole broadcast, which carries only that task's events
+/// (and whose capacity no burst of a scenario reaches).
+fn one_task(server: &Server, task: &str, n: usize) -> Vec<Option<String>> {
+    let filter = server.kind.is_itc().then(|| task.to_owned());
+    vec![filter; n]
+}
+
 /// Publishes `events` events on `tasks` (round robin) with `window` calls in flight.
 async fn publish_all(publisher: Publisher, tasks: Vec<String>, events: u64, window: usize) -> Result<(), BenchError> {
-    drive::closed_loop(window, WAIT, events, move |_, i| {
+    let load = drive::closed_loop(window, WAIT, events, move |_, i| {
         let mut publisher = publisher.clone();
         let task = tasks[i as usize % tasks.len()].clone();
         async move { publisher.publish(&task, i as f64 / events as f64, drive::stamp()).await }
     })
     .await?;
+    if load.calls < events {
+        return Err(BenchError::Failed(format!(
+            "published {} of {events} events within {WAIT:?}",
+            load.calls
+        )));
+    }
     Ok(())
 }
 
@@ -183,8 +218,7 @@ pub(crate) async fn throughput(
     window: usize,
 ) -> Result<f64, BenchError> {
     let (publisher, tasks) = publisher(server, "bench-publisher", 1).await?;
-    let filters = vec![Some(tasks[0].clone()); subscribers];
-    let subs = Subscribers::open(server, filters, events, false).await?;
+    let subs = Subscribers::open(server, one_task(server, &tasks[0], subscribers), events, false).await?;
     let start = Instant::now();
     publish_all(publisher, tasks, events, window).await?;
     let (last, _) = subs.finish().await?;
@@ -204,8 +238,8 @@ pub(crate) async fn latency(
     let period = Duration::from_secs_f64(subscribers as f64 / deliveries);
     let events = ((duration.as_secs_f64() / period.as_secs_f64()) as u64).max(10);
     let (publisher, tasks) = publisher(server, "bench-publisher", 1).await?;
-    let filters = vec![Some(tasks[0].clone()); subscribers];
-    let subs = Subscribers::open(server, filters, events, true).await?;
+    let subs = Subscribers::open(server, one_task(server, &tasks[0], subscribers), events, true).await?;
+    let started = Instant::now();
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut calls = Vec::with_capacity(events as usize);
@@ -217,6 +251,12 @@ pub(crate) async fn latency(
         calls.push(tokio::spawn(async move {
             publisher.publish(&task, i as f64 / events as f64, drive::stamp()).await
         }));
+    }
+    let publishing = started.elapsed();
+    if publishing > duration.mul_f64(1.2) + period {
+        return Err(BenchError::Failed(format!(
+            "publishing at {deliveries} deliveries/s took {publishing:?} instead of {duration:?}: the load generator could not keep the rate"
+        )));
     }
     for call in calls {
         call.await

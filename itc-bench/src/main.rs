@@ -636,7 +636,12 @@ async fn bench(args: Args) -> ExitCode {
     if scenarios.is_empty() {
         scenarios = Scenario::value_variants().to_vec();
     }
-    scenarios.dedup();
+    let mut seen = Vec::new();
+    scenarios.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(*s);
+        new
+    });
     let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
     if !args.subscribers.is_empty() {
         plan.fanout.retain(|(s, _)| args.subscribers.contains(s));
