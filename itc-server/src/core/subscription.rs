@@ -126,6 +126,10 @@ pub struct Subscription {
     waiting_visible: bool,
     /// The idle interval ran out: send a heartbeat once caught up.
     heartbeat_due: bool,
+    /// While a Reset waits in `pending` for its gate: the seq the client is known to have
+    /// (its `after_seq`, or where it fell past retention). A stream ending before the
+    /// Reset is sent gives this as its resume point, so the client is told again.
+    reset_from: Option<u64>,
     done: bool,
 }
 
@@ -213,6 +217,7 @@ impl Core {
             drain: hub.drain_signal(),
             visible: hub.visible_signal(),
             waiting_visible: false,
+            reset_from: reset.then(|| request.after_seq.unwrap_or(0)),
             heartbeat_due: false,
             done: false,
         })
@@ -235,6 +240,9 @@ impl Core {
                 self.inner.hub.counters.lag_ended();
             }
         }
+        // The client has every match before the cursor: on a stream cut short, it resumes
+        // from there and is reset again.
+        sub.reset_from = Some(sub.cursor - 1);
         sub.cursor = head + 1;
         sub.gate = head;
         sub.pending.push_back(StreamItem::Reset {
@@ -405,15 +413,21 @@ impl Subscription {
     fn end(&mut self, reason: EndReason) {
         self.done = true;
         let visible = self.core.inner.hub.visible();
+        let mut resume_after_seq = (self.cursor - 1).min(visible);
         if visible < self.gate {
-            // Nothing was sent yet and the start point is not durable: end without it.
+            // Nothing gated was sent (the start point, or a reset and its snapshots, is not
+            // durable yet): end without it. A client that was to be reset resumes from
+            // where it was, and is told again.
             self.pending.clear();
             self.gate = 0;
+            if let Some(from) = self.reset_from.take() {
+                resume_after_seq = from;
+            }
         }
         self.pending.push_back(StreamItem::End {
             reason,
             head_seq: visible,
-            resume_after_seq: (self.cursor - 1).min(visible),
+            resume_after_seq,
         });
     }
 

@@ -403,9 +403,14 @@ impl Store for GatedStore {
 }
 
 fn gated() -> (Core, Arc<tokio::sync::Semaphore>) {
+    gated_keeping(1000)
+}
+
+/// As [`gated`], retaining only the newest `retained` events.
+fn gated_keeping(retained: usize) -> (Core, Arc<tokio::sync::Semaphore>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let store = Arc::new(GatedStore {
-        inner: MemoryStore::new(1000, Duration::from_secs(3600)),
+        inner: MemoryStore::new(retained, Duration::from_secs(3600)),
         gate: gate.clone(),
     });
     let config = CoreConfig {
@@ -447,6 +452,44 @@ async fn start_waits_until_the_head_is_durable() {
         other => panic!("unexpected {other:?}"),
     }
     writer.await.unwrap().unwrap();
+}
+
+/// A snapshot subscriber past retention whose stream ends (drain) before its Reset is
+/// durable is not told to resume from the head: its resume point is its own `after_seq`,
+/// so that resuming resets it again instead of silently skipping events.
+#[tokio::test]
+async fn a_stream_ended_before_its_reset_resumes_from_where_the_client_was() {
+    let (core, gate) = gated_keeping(3);
+    gate.add_permits(8);
+    core.start_task(new_task("t")).await.unwrap();
+    for i in 0..7 {
+        core.report_progress("t", f64::from(i) / 10.0, String::new())
+            .await
+            .unwrap();
+    }
+    assert_eq!(core.head_seq(), 8);
+    let writer = tokio::spawn({
+        let core = core.clone();
+        async move { core.report_progress("t", 0.9, String::new()).await }
+    });
+    while core.head_seq() < 9 {
+        tokio::task::yield_now().await;
+    }
+    // after_seq 1 is past retention (the oldest is 6): a Reset waits for seq 9.
+    let mut sub = core
+        .subscribe(SubscribeRequest {
+            after_seq: Some(1),
+            snapshot: true,
+            ..SubscribeRequest::default()
+        })
+        .unwrap();
+    core.close();
+    match next_item(&mut sub).await {
+        StreamItem::End { resume_after_seq, .. } => assert_eq!(resume_after_seq, 1),
+        other => panic!("expected the stream to end first, got {other:?}"),
+    }
+    gate.add_permits(1);
+    let _ = writer.await;
 }
 
 /// A replaying subscriber that has caught up with what is durable is woken when an
