@@ -28,10 +28,22 @@ pub(crate) async fn channels(server: &Server, n: usize) -> Result<Vec<Channel>, 
     for _ in 0..n {
         out.push(endpoint.connect().await.map_err(|e| BenchError::Connect {
             url: server.url.clone(),
-            message: e.to_string(),
+            message: chain(&e),
         })?);
     }
     Ok(out)
+}
+
+/// An error with its causes: tonic's "transport error" alone says nothing.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// How many connections carry `streams` streams: a few, and at most 100 streams each.

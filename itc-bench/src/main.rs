@@ -329,80 +329,94 @@ impl Run<'_> {
         self.failures.push(format!("{scenario}: {error}"));
     }
 
+    /// Runs `f` against the baseline, then against each of `kinds`: the baseline's result
+    /// (`None` if it failed) and, for each ITC run that succeeded, its row name and
+    /// result. Failures are recorded.
+    async fn baseline_then<T>(
+        &mut self,
+        scenario: &str,
+        kinds: &[Kind],
+        f: impl AsyncFn(&Server) -> Result<T, BenchError>,
+    ) -> (Option<T>, Vec<(String, T)>) {
+        let base = with_server(self.args, Kind::Baseline, async |s| f(s).await).await;
+        let base = self.keep(scenario, base);
+        let mut itc = Vec::new();
+        for &kind in kinds {
+            let name = format!("{scenario} ({})", kind.label());
+            match with_server(self.args, kind, async |s| f(s).await).await {
+                Ok(v) => itc.push((name, v)),
+                Err(e) => self.failed(&name, &e),
+            }
+        }
+        (base, itc)
+    }
+
+    /// The rows of a unary load: calls/s against `target`, p50, and p99 (below
+    /// `p99_below`, if given).
+    fn add_unary(
+        &mut self,
+        name: &str,
+        calls: &'static str,
+        target: Target,
+        base: Option<&unary::Figures>,
+        itc: &unary::Figures,
+        p99_below: Option<f64>,
+    ) {
+        self.report
+            .add(name, calls, Unit::PerSecond, target, base.map(|b| b.rate), itc.rate);
+        self.report.add(
+            name,
+            "call p50",
+            Unit::Seconds,
+            Target::None,
+            base.map(|b| b.p50),
+            itc.p50,
+        );
+        let p99_target = p99_below.map_or(Target::None, Target::Below);
+        self.report.add(
+            name,
+            "call p99",
+            Unit::Seconds,
+            p99_target,
+            base.map(|b| b.p99),
+            itc.p99,
+        );
+    }
+
     async fn fanout(&mut self) {
+        let stores = self.stores.clone();
         for (subscribers, events) in self.plan.fanout.clone() {
             let window = self.plan.window;
-            let scenario = format!("fanout S={subscribers}");
-            let base = with_server(self.args, Kind::Baseline, async |s| {
-                fanout::throughput(s, subscribers, events, window).await
-            })
-            .await;
-            let base = match base {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.failed(&format!("{scenario} (baseline)"), &e);
-                    None
-                }
-            };
-            for kind in self.stores.clone() {
-                let name = format!("{scenario} ({})", kind.label());
-                match with_server(self.args, kind, async |s| {
+            let (base, itc) = self
+                .baseline_then(&format!("fanout S={subscribers}"), &stores, async |s| {
                     fanout::throughput(s, subscribers, events, window).await
                 })
-                .await
-                {
-                    Ok(v) => self.report.add(
-                        &name,
-                        "delivered events",
-                        Unit::PerSecond,
-                        Target::RatioAtLeast(0.7),
-                        base,
-                        v,
-                    ),
-                    Err(e) => self.failed(&name, &e),
-                }
+                .await;
+            for (name, v) in itc {
+                let target = Target::RatioAtLeast(0.7);
+                self.report
+                    .add(&name, "delivered events", Unit::PerSecond, target, base, v);
             }
         }
     }
 
     async fn latency(&mut self) {
+        let stores = self.stores.clone();
         for subscribers in self.plan.latency_subscribers.clone() {
             let (rate, duration) = (self.plan.latency_rate, self.plan.latency_duration);
             let scenario = format!("latency S={subscribers} at {rate:.0} deliveries/s");
-            let base = with_server(self.args, Kind::Baseline, async |s| {
-                fanout::latency(s, subscribers, rate, duration).await
-            })
-            .await;
-            let base = match base {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.failed(&format!("{scenario} (baseline)"), &e);
-                    None
-                }
-            };
-            for kind in self.stores.clone() {
-                let name = format!("{scenario} ({})", kind.label());
-                match with_server(self.args, kind, async |s| {
+            let (base, itc) = self
+                .baseline_then(&scenario, &stores, async |s| {
                     fanout::latency(s, subscribers, rate, duration).await
                 })
-                .await
-                {
-                    Ok((p50, p99)) => {
-                        let base50 = base.map(|b| b.0);
-                        let base99 = base.map(|b| b.1);
-                        self.report
-                            .add(&name, "publish->receive p50", Unit::Seconds, Target::None, base50, p50);
-                        self.report.add(
-                            &name,
-                            "publish->receive p99",
-                            Unit::Seconds,
-                            Target::RatioAtMost(1.25),
-                            base99,
-                            p99,
-                        );
-                    }
-                    Err(e) => self.failed(&name, &e),
-                }
+                .await;
+            for (name, (p50, p99)) in itc {
+                let (base50, base99) = (base.map(|b| b.0), base.map(|b| b.1));
+                self.report
+                    .add(&name, "publish->receive p50", Unit::Seconds, Target::None, base50, p50);
+                let target = Target::RatioAtMost(1.25);
+                self.report
+                    .add(&name, "publish->receive p99", Unit::Seconds, target, base99, p99);
             }
         }
     }
@@ -411,68 +425,58 @@ impl Run<'_> {
         let (tasks, per_task) = self.plan.filtered;
         let window = self.plan.window;
         let scenario = format!("filtered {tasks} subscribers, one task each");
-        let base = with_server(self.args, Kind::Baseline, async |s| {
-            fanout::filtered(s, tasks, per_task, window).await
-        })
-        .await;
-        let base = self.keep(&scenario, base);
-        let kind = self.main_kind();
-        let name = format!("{scenario} ({})", kind.label());
-        match with_server(self.args, kind, async |s| {
-            fanout::filtered(s, tasks, per_task, window).await
-        })
-        .await
-        {
-            Ok(v) => self.report.add(
-                &name,
-                "delivered events",
-                Unit::PerSecond,
-                Target::RatioAtLeast(0.7),
-                base,
-                v,
-            ),
-            Err(e) => self.failed(&name, &e),
+        let (base, itc) = self
+            .baseline_then(&scenario, &[self.main_kind()], async |s| {
+                fanout::filtered(s, tasks, per_task, window).await
+            })
+            .await;
+        for (name, v) in itc {
+            let target = Target::RatioAtLeast(0.7);
+            self.report
+                .add(&name, "delivered events", Unit::PerSecond, target, base, v);
         }
     }
 
     async fn idle(&mut self) {
         let (streams, settle) = (self.plan.idle, self.plan.settle);
         let scenario = format!("idle {streams} subscriptions");
-        let base = with_server(self.args, Kind::Baseline, async |s| {
-            streams::idle(s, streams, settle).await
-        })
-        .await;
-        let base = self.keep(&scenario, base).flatten();
-        let kind = self.main_kind();
-        let name = format!("{scenario} ({})", kind.label());
-        match with_server(self.args, kind, async |s| streams::idle(s, streams, settle).await).await {
-            Ok(Some((rss, per_stream))) => {
-                self.report.add(
-                    &name,
-                    "server RSS",
-                    Unit::Mebibytes,
-                    Target::Below(200.0),
-                    base.map(|b| b.0),
-                    rss,
-                );
-                self.report.add(
-                    &name,
-                    "RSS growth per stream",
-                    Unit::Kibibytes,
-                    Target::RatioAtMost(1.5),
-                    base.map(|b| b.1),
-                    per_stream,
-                );
-            }
-            Ok(None) => self.failed(&name, &BenchError::Failed("no server pid: memory unknown".into())),
-            Err(e) => self.failed(&name, &e),
+        let (base, itc) = self
+            .baseline_then(&scenario, &[self.main_kind()], async |s| {
+                streams::idle(s, streams, settle).await
+            })
+            .await;
+        let base = base.flatten();
+        for (name, v) in itc {
+            let Some((rss, per_stream)) = v else {
+                self.failed(&name, &BenchError::Failed("no server pid: memory unknown".into()));
+                continue;
+            };
+            self.report.add(
+                &name,
+                "server RSS",
+                Unit::Mebibytes,
+                Target::Below(200.0),
+                base.map(|b| b.0),
+                rss,
+            );
+            let target = Target::RatioAtMost(1.5);
+            self.report.add(
+                &name,
+                "RSS growth per stream",
+                Unit::Kibibytes,
+                target,
+                base.map(|b| b.1),
+                per_stream,
+            );
         }
     }
 
     async fn unary(&mut self) {
         let bounds = self.plan.unary;
         let kind = self.main_kind();
+        let calls = "calls (baseline: echo of the same sizes)";
 
+        // GetStatus and Coordinate run first: the baseline's echo mirrors their sizes.
         let tasks = self.plan.status_tasks;
         let name = format!(
             "GetStatus page of 100 over {tasks} tasks, {} in flight",
@@ -483,30 +487,8 @@ impl Run<'_> {
                 let base = with_server(self.args, Kind::Baseline, async |s| unary::echo(s, sizes, bounds).await).await;
                 let base = self.keep(&format!("{name} (echo)"), base);
                 let name = format!("{name} ({})", kind.label());
-                self.report.add(
-                    &name,
-                    "calls (baseline: echo of the same sizes)",
-                    Unit::PerSecond,
-                    Target::RatioAtLeast(0.5),
-                    base.as_ref().map(|b| b.rate),
-                    itc.rate,
-                );
-                self.report.add(
-                    &name,
-                    "call p50",
-                    Unit::Seconds,
-                    Target::None,
-                    base.as_ref().map(|b| b.p50),
-                    itc.p50,
-                );
-                self.report.add(
-                    &name,
-                    "call p99",
-                    Unit::Seconds,
-                    Target::Below(0.010),
-                    base.as_ref().map(|b| b.p99),
-                    itc.p99,
-                );
+                let target = Target::RatioAtLeast(0.5);
+                self.add_unary(&name, calls, target, base.as_ref(), &itc, Some(0.010));
             }
             Err(e) => self.failed(&name, &e),
         }
@@ -518,56 +500,22 @@ impl Run<'_> {
                 let base = with_server(self.args, Kind::Baseline, async |s| unary::echo(s, sizes, bounds).await).await;
                 let base = self.keep(&format!("{name} (echo)"), base);
                 let name = format!("{name} ({})", kind.label());
-                self.report.add(
-                    &name,
-                    "calls (baseline: echo of the same sizes)",
-                    Unit::PerSecond,
-                    Target::RatioAtLeast(0.5),
-                    base.as_ref().map(|b| b.rate),
-                    itc.rate,
-                );
-                self.report.add(
-                    &name,
-                    "call p99",
-                    Unit::Seconds,
-                    Target::None,
-                    base.as_ref().map(|b| b.p99),
-                    itc.p99,
-                );
+                let target = Target::RatioAtLeast(0.5);
+                self.add_unary(&name, calls, target, base.as_ref(), &itc, None);
             }
             Err(e) => self.failed(&name, &e),
         }
 
         let agents = self.plan.agents;
-        let scenario = format!("progress reports from {agents} agents");
-        let base = with_server(self.args, Kind::Baseline, async |s| {
-            unary::progress(s, agents, bounds).await
-        })
-        .await;
-        let base = self.keep(&scenario, base);
-        for kind in self.stores.clone() {
-            let name = format!("{scenario} ({})", kind.label());
-            match with_server(self.args, kind, async |s| unary::progress(s, agents, bounds).await).await {
-                Ok(itc) => {
-                    self.report.add(
-                        &name,
-                        "reports (baseline: publish)",
-                        Unit::PerSecond,
-                        Target::RatioAtLeast(0.5),
-                        base.as_ref().map(|b| b.rate),
-                        itc.rate,
-                    );
-                    self.report.add(
-                        &name,
-                        "report p99",
-                        Unit::Seconds,
-                        Target::None,
-                        base.as_ref().map(|b| b.p99),
-                        itc.p99,
-                    );
-                }
-                Err(e) => self.failed(&name, &e),
-            }
+        let stores = self.stores.clone();
+        let (base, itc) = self
+            .baseline_then(&format!("progress reports from {agents} agents"), &stores, async |s| {
+                unary::progress(s, agents, bounds).await
+            })
+            .await;
+        for (name, v) in itc {
+            let target = Target::RatioAtLeast(0.5);
+            self.add_unary(&name, "reports (baseline: publish)", target, base.as_ref(), &v, None);
         }
     }
 
@@ -578,23 +526,19 @@ impl Run<'_> {
             self.plan.heartbeat_measure,
         );
         let scenario = format!("{sessions} sessions heartbeating every {period:?}");
-        let base = with_server(self.args, Kind::Baseline, async |s| {
-            streams::heartbeats(s, sessions, period, measure).await
-        })
-        .await;
-        let base = self.keep(&scenario, base).flatten();
-        let kind = self.main_kind();
-        let name = format!("{scenario} ({})", kind.label());
-        match with_server(self.args, kind, async |s| {
-            streams::heartbeats(s, sessions, period, measure).await
-        })
-        .await
-        {
-            Ok(Some(cpu)) => self
-                .report
-                .add(&name, "server CPU", Unit::PercentCore, Target::Below(5.0), base, cpu),
-            Ok(None) => self.failed(&name, &BenchError::Failed("no server pid: CPU unknown".into())),
-            Err(e) => self.failed(&name, &e),
+        let (base, itc) = self
+            .baseline_then(&scenario, &[self.main_kind()], async |s| {
+                streams::heartbeats(s, sessions, period, measure).await
+            })
+            .await;
+        let base = base.flatten();
+        for (name, v) in itc {
+            match v {
+                Some(cpu) => self
+                    .report
+                    .add(&name, "server CPU", Unit::PercentCore, Target::Below(5.0), base, cpu),
+                None => self.failed(&name, &BenchError::Failed("no server pid: CPU unknown".into())),
+            }
         }
     }
 
@@ -642,8 +586,23 @@ async fn bench(args: Args) -> ExitCode {
         seen.push(*s);
         new
     });
+    if let Some(addr) = &args.addr {
+        let uri: Result<tonic::codegen::http::Uri, _> = addr.parse();
+        if !uri.is_ok_and(|u| u.scheme().is_some() && u.authority().is_some()) {
+            eprintln!("itc-bench: --addr {addr:?} is not a URL like http://127.0.0.1:50051");
+            return ExitCode::from(2);
+        }
+    }
     let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
     if !args.subscribers.is_empty() {
+        let known: Vec<usize> = plan.fanout.iter().map(|(s, _)| *s).collect();
+        if let Some(unknown) = args.subscribers.iter().find(|s| !known.contains(s)) {
+            eprintln!(
+                "itc-bench: --subscribers {unknown} is not a size of this plan (it has {known:?}{})",
+                if args.quick { " with --quick" } else { "" }
+            );
+            return ExitCode::from(2);
+        }
         plan.fanout.retain(|(s, _)| args.subscribers.contains(s));
         plan.latency_subscribers.retain(|s| args.subscribers.contains(s));
     }
