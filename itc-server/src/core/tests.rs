@@ -617,13 +617,22 @@ async fn falling_past_retention_mid_stream() {
 }
 
 /// A lagging subscriber is counted while it reads the log and uncounted once it has
-/// caught up and returned to its inbox.
+/// caught up and returned to its inbox, in GetStatus and in the Prometheus gauge.
 #[tokio::test]
 async fn lagging_is_counted_until_caught_up() {
-    let core = Core::in_memory(CoreConfig {
+    let metrics = crate::metrics::Metrics::prometheus().unwrap();
+    let store = Arc::new(MemoryStore::new(1000, Duration::from_secs(3600)));
+    let config = CoreConfig {
         subscriber_buffer: 4,
         ..CoreConfig::default()
-    });
+    };
+    let core = Core::open_with_metrics(config, store, metrics.clone()).unwrap();
+    let gauge = || {
+        let text = metrics.render().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("itc_subscribers_lagging ").map(str::to_owned))
+            .unwrap_or_default()
+    };
     core.start_task(new_task("t")).await.unwrap();
     let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
     assert!(matches!(next_item(&mut sub).await, StreamItem::Start { .. }));
@@ -631,6 +640,7 @@ async fn lagging_is_counted_until_caught_up() {
         core.publish_update("t", map(json!({}))).await.unwrap();
     }
     assert_eq!(core.stream_stats().lagging, 1);
+    assert_eq!(gauge(), "1");
     for seq in 2..=11 {
         assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == seq));
     }
@@ -638,6 +648,7 @@ async fn lagging_is_counted_until_caught_up() {
     let idle = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
     assert!(idle.is_err());
     assert_eq!(core.stream_stats().lagging, 0);
+    assert_eq!(gauge(), "0");
     core.publish_update("t", map(json!({}))).await.unwrap();
     assert!(matches!(next_item(&mut sub).await, StreamItem::Event(e) if e.seq == 12));
     assert!(sub.shared.inbox().events.is_empty());
