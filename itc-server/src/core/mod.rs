@@ -495,7 +495,10 @@ impl Core {
             // After a failure nothing more is published: a later batch must not make the
             // lost one's events visible.
             Ok(()) if !*self.inner.failed.borrow() => {
-                self.inner.hub.publish(last_seq, wake);
+                // Publish as far as is durable: the batches committed in the same group
+                // become visible together, and subscribers wake once for them all.
+                let durable = self.inner.store.durable_seq().max(last_seq);
+                self.inner.hub.publish(durable, wake);
                 if commands_changed {
                     self.inner.commands_changed.notify_waiters();
                 }

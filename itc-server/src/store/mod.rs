@@ -84,6 +84,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The oldest retained seq (head + 1 when the log is empty).
     fn oldest_seq(&self) -> u64;
 
+    /// The newest seq known durable: every batch up to it has committed. Read after a
+    /// batch's commit resolves, it covers at least that batch, and often the batches
+    /// committed with it, so that one wake-up can publish the whole group (0: unknown).
+    fn durable_seq(&self) -> u64 {
+        0
+    }
+
     /// Finishes every queued batch and stops taking new ones (at shutdown). Blocks.
     fn flush(&self) {}
 }

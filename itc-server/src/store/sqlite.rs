@@ -583,6 +583,10 @@ impl Store for SqliteStore {
         self.oldest.load(Ordering::Acquire)
     }
 
+    fn durable_seq(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
     fn flush(&self) {
         // Closing the queue lets the writer finish what was queued, then stop.
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -651,6 +655,7 @@ mod tests {
                     ..Batch::default()
                 };
                 store.commit(batch).await.unwrap();
+                assert_eq!(store.durable_seq(), seq, "durable as soon as its commit resolves");
             }
             assert_eq!(store.oldest_seq(), 8);
         }
@@ -666,6 +671,7 @@ mod tests {
         };
         assert!(store.commit(gap).await.is_err());
         assert_eq!(store.recover().unwrap().head_seq, 12);
+        assert_eq!(store.durable_seq(), 12, "a failed batch is never reported durable");
     }
 
     fn task(id: &str, version: u64) -> Arc<Task> {
@@ -724,9 +730,12 @@ mod tests {
             // Queued without waiting: the writer groups whatever queued meanwhile.
             commits.push(store.commit(batch));
         }
-        for commit in commits {
+        for (seq, commit) in (1..).zip(commits) {
             commit.await.unwrap();
+            // The batches committed with this one may be durable too, never fewer.
+            assert!(store.durable_seq() >= seq);
         }
+        assert_eq!(store.durable_seq(), 50);
         drop(store);
         let store = SqliteStore::open(options(dir.path())).unwrap();
         let recovered = store.recover().unwrap();
