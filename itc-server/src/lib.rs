@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use itc_proto::v1::agent_service_server::AgentServiceServer;
 use itc_proto::v1::coordinator_service_server::CoordinatorServiceServer;
-use itc_proto::v1::monitor_service_server::MonitorServiceServer;
 use itc_proto::v1::session_service_server::SessionServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -195,9 +194,7 @@ async fn serve_all(
     let agent = AgentServiceServer::new(grpc::AgentApi::new(core.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let monitor = MonitorServiceServer::new(grpc::MonitorApi::new(core.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let monitor = grpc::MonitorRoutes::new(grpc::MonitorApi::new(core.clone()), max);
     let session = SessionServiceServer::new(grpc::SessionApi::new(core.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -35,7 +35,7 @@ pub use inputs::NewInput;
 pub use model::{
     Capabilities, Command, CommandAction, CommandState, Event, EventDetail, EventType, InputRequest, InputState,
     InputTimeoutAction, JsonMap, LockCause, Plan, SessionEnd, SessionInfo, SessionKind, Task, TaskError, TaskLock,
-    TaskStatus,
+    TaskStatus, WireCache,
 };
 pub use sessions::{ConnectRequest, Heartbeat, Notice, Push, SessionView};
 pub use status::{ServiceState, StatusPage, StatusQuery};

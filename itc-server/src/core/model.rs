@@ -159,6 +159,75 @@ pub struct Task {
     /// The last command applied to the task: who changed what.
     #[serde(default)]
     pub last_command: Option<Command>,
+    /// Its encoding for readers, made once per version of the task (not stored).
+    #[serde(skip)]
+    pub wire: WireCache,
+}
+
+/// A reader's encoding of a task (the gRPC layer keeps the task's protobuf form here),
+/// made at most once per version of the task, so that a page of unchanged tasks is not
+/// converted and encoded again on every poll.
+///
+/// It is valid for the task as it is: the core clears it whenever it hands the task out
+/// to be changed, a copy of the task starts without it, and it only answers for the
+/// version it was made for.
+#[derive(Default)]
+pub struct WireCache(std::sync::OnceLock<(u64, bytes::Bytes)>);
+
+impl WireCache {
+    /// The encoding of version `version`, made by `encode` if there is none yet. A cache
+    /// made for another version is not used (nor replaced).
+    pub fn get_or_encode(&self, version: u64, encode: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        match self.0.get() {
+            Some((made_for, bytes)) if *made_for == version => bytes.clone(),
+            Some(_) => {
+                // Unreachable while every change goes through the core's accessors;
+                // never serve a stale encoding if one does not.
+                debug_assert!(false, "a task changed without clearing its wire cache");
+                encode()
+            }
+            None => {
+                let bytes = encode();
+                // Two readers may race here: both made the same bytes.
+                let _ = self.0.set((version, bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    /// Forgets the encoding (the task is about to change).
+    pub fn clear(&mut self) {
+        self.0.take();
+    }
+
+    /// Whether an encoding is held.
+    pub fn is_set(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl Clone for WireCache {
+    /// A copy of a task is about to change: it starts without an encoding.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for WireCache {
+    /// Not part of a task's value.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for WireCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() {
+            "WireCache(set)"
+        } else {
+            "WireCache(empty)"
+        })
+    }
 }
 
 impl Task {

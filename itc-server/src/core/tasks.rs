@@ -123,6 +123,7 @@ impl Core {
                 open_inputs: Vec::new(),
                 open_commands: Vec::new(),
                 last_command: None,
+                wire: Default::default(),
             });
             let kind = if new.pending {
                 EventType::TaskCreated
@@ -273,7 +274,7 @@ impl State {
                 operation,
             });
         }
-        Ok(Arc::make_mut(task))
+        Ok(for_change(task))
     }
 
     /// The live task `task_id`, ready to move to `to` (copied if a store still holds it);
@@ -291,7 +292,7 @@ impl State {
                 to,
             });
         }
-        Ok(Arc::make_mut(task))
+        Ok(for_change(task))
     }
 
     /// The task `task_id`, if known.
@@ -302,7 +303,7 @@ impl State {
     /// The task `task_id`, ready to change (copied if a store still holds it).
     pub(crate) fn task_mut(&mut self, task_id: &str) -> Option<&mut Task> {
         let seq = self.ids.get(task_id)?;
-        self.tasks.get_mut(seq).map(Arc::make_mut)
+        self.tasks.get_mut(seq).map(for_change)
     }
 
     /// Finishes a live task: its lock is released, its open input requests cancelled,
@@ -401,4 +402,12 @@ impl State {
         }
         Ok(task)
     }
+}
+
+/// A task ready to change: copied if a store or a reader still holds it, and without its
+/// wire encoding, which the change would make stale.
+fn for_change(task: &mut Arc<Task>) -> &mut Task {
+    let task = Arc::make_mut(task);
+    task.wire.clear();
+    task
 }

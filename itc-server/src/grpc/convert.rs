@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use itc_proto::json;
 use itc_proto::v1 as pb;
 
+use super::wire::StatusWire;
 use crate::core::{self, Event, EventDetail, EventType, JsonMap, Task, TaskStatus};
 use crate::error::CoreError;
 
@@ -528,8 +529,31 @@ pub(crate) fn status_query(req: pb::GetStatusRequest) -> Result<core::StatusQuer
     })
 }
 
-/// A status page as a GetStatus response.
-pub(crate) fn status_page(page: core::StatusPage) -> pb::GetStatusResponse {
+/// A task's encoding without `duration` (which changes while it runs), made once per
+/// version of the task and kept with it.
+pub(crate) fn task_wire(t: &Task) -> bytes::Bytes {
+    t.wire.get_or_encode(t.version, || {
+        let mut message = task(t, SystemTime::UNIX_EPOCH);
+        message.duration = None;
+        bytes::Bytes::from(prost::Message::encode_to_vec(&message))
+    })
+}
+
+/// A status page as a GetStatus response, its tasks as their kept encodings.
+pub(crate) fn status_page(page: core::StatusPage) -> StatusWire {
+    let tasks = page
+        .tasks
+        .iter()
+        .map(|t| (task_wire(t), duration(t.duration(page.time))))
+        .collect();
+    StatusWire {
+        rest: status_page_rest(&page),
+        tasks,
+    }
+}
+
+/// Everything of a GetStatus response but its tasks.
+fn status_page_rest(page: &core::StatusPage) -> pb::GetStatusResponse {
     let c = &page.counters;
     let [
         pending,
@@ -546,8 +570,8 @@ pub(crate) fn status_page(page: core::StatusPage) -> pb::GetStatusResponse {
             core::ServiceState::Running => pb::ServiceState::Running,
             core::ServiceState::Interrupted => pb::ServiceState::Interrupted,
         } as i32,
-        tasks: page.tasks.iter().map(|t| task(t, page.time)).collect(),
-        next_page_token: page.next_page_token.unwrap_or_default(),
+        tasks: Vec::new(),
+        next_page_token: page.next_page_token.clone().unwrap_or_default(),
         total_size: page.total_size,
         active_tasks: page.active_tasks,
         global_interrupt: page.global_interrupt,

@@ -8,8 +8,10 @@ mod coordinator;
 mod monitor;
 mod session;
 mod status;
+mod wire;
 
 pub use agent::AgentApi;
 pub use coordinator::CoordinatorApi;
 pub use monitor::MonitorApi;
 pub use session::SessionApi;
+pub use wire::MonitorRoutes;

@@ -10,6 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::wire::StatusWire;
 use crate::core::{Core, StreamItem};
 use crate::error::CoreError;
 
@@ -23,6 +24,17 @@ impl MonitorApi {
     /// An adapter over `core`.
     pub fn new(core: Core) -> Self {
         Self { core }
+    }
+
+    /// GetStatus: one page of tasks with the statistics and sessions.
+    pub(crate) async fn status_wire(&self, request: Request<pb::GetStatusRequest>) -> Result<StatusWire, Status> {
+        let query = convert::status_query(request.into_inner())?;
+        let page = self.core.durable(self.core.status(&query)?).await?;
+        let sessions = self.core.sessions();
+        let mut response = convert::status_page(page);
+        response.rest.statistics.get_or_insert_default().connected_sessions = sessions.len() as u64;
+        response.rest.sessions = sessions.iter().map(convert::session_view).collect();
+        Ok(response)
     }
 }
 
@@ -49,17 +61,16 @@ impl MonitorService for MonitorApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    /// Served by [`super::MonitorRoutes`], which writes the kept encodings directly; this
+    /// is the same answer decoded, for a caller of the plain generated server.
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let query = convert::status_query(request.into_inner())?;
-        let page = self.core.durable(self.core.status(&query)?).await?;
-        let sessions = self.core.sessions();
-        let mut response = convert::status_page(page);
-        response.statistics.get_or_insert_default().connected_sessions = sessions.len() as u64;
-        response.sessions = sessions.iter().map(convert::session_view).collect();
-        Ok(Response::new(response))
+        let response = self.status_wire(request).await?.into_response();
+        response
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("a status page did not decode: {e}")))
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {

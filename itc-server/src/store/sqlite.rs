@@ -703,6 +703,7 @@ mod tests {
             open_inputs: Vec::new(),
             open_commands: Vec::new(),
             last_command: None,
+            wire: Default::default(),
         })
     }
 

@@ -1,0 +1,273 @@
+//! GetStatus written from each task's cached encoding.
+//!
+//! A status page holds up to 1,000 tasks, and pollers ask for the same unchanged tasks
+//! again and again. Converting each task to its protobuf form and encoding it on every
+//! call cost more than the rest of the call together. Each task therefore keeps its
+//! encoding, made once per version of the task ([`crate::core::WireCache`]), and a page is
+//! written by copying those bytes. Only `duration`, which grows while a task runs, is
+//! written fresh; protobuf readers accept a message's fields in any order.
+//!
+//! The bytes on the wire decode to exactly the `GetStatusResponse` the plain conversion
+//! gives (the tests check it), so clients see no difference.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes};
+use itc_proto::v1 as pb;
+use itc_proto::v1::monitor_service_server::MonitorServiceServer;
+use prost::Message;
+use prost::encoding::{DecodeContext, WireType};
+use tonic::server::NamedService;
+use tower_service::Service;
+
+use super::MonitorApi;
+
+/// `GetStatusResponse.tasks`.
+const TASKS_FIELD: u32 = 2;
+/// `Task.duration`.
+pub(crate) const DURATION_FIELD: u32 = 15;
+
+/// The path of GetStatus.
+const GET_STATUS: &str = "/itc.v1.MonitorService/GetStatus";
+
+/// A GetStatus answer: its tasks as cached encodings.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct StatusWire {
+    /// Every field but the page's tasks.
+    pub(crate) rest: pb::GetStatusResponse,
+    /// Each task of the page: its encoding without `duration`, and its duration now.
+    pub(crate) tasks: Vec<(Bytes, prost_types::Duration)>,
+}
+
+impl StatusWire {
+    fn task_len((bytes, duration): &(Bytes, prost_types::Duration)) -> usize {
+        bytes.len() + prost::encoding::message::encoded_len(DURATION_FIELD, duration)
+    }
+
+    /// The answer as the generated type (for the plain service trait, and tests).
+    pub(crate) fn into_response(self) -> Result<pb::GetStatusResponse, prost::DecodeError> {
+        pb::GetStatusResponse::decode(self.encode_to_vec().as_slice())
+    }
+}
+
+impl Message for StatusWire {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        self.rest.encode_raw(buf);
+        for task in &self.tasks {
+            prost::encoding::encode_key(TASKS_FIELD, WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(Self::task_len(task) as u64, buf);
+            buf.put_slice(&task.0);
+            prost::encoding::message::encode(DURATION_FIELD, &task.1, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only the server writes this type; read back, every field lands in `rest`.
+        self.rest.merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.rest.encoded_len()
+            + self
+                .tasks
+                .iter()
+                .map(|task| {
+                    let len = Self::task_len(task);
+                    prost::encoding::key_len(TASKS_FIELD) + prost::encoding::encoded_len_varint(len as u64) + len
+                })
+                .sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        self.rest.clear();
+        self.tasks.clear();
+    }
+}
+
+/// `itc.v1.MonitorService` as served: GetStatus writes cached task encodings, every
+/// other method goes to the generated server.
+#[derive(Debug, Clone)]
+pub struct MonitorRoutes {
+    api: MonitorApi,
+    generated: MonitorServiceServer<MonitorApi>,
+    max_message_bytes: usize,
+}
+
+impl MonitorRoutes {
+    /// The service over `api`, with `max_message_bytes` as the largest message either way.
+    pub fn new(api: MonitorApi, max_message_bytes: usize) -> Self {
+        Self {
+            generated: MonitorServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            api,
+            max_message_bytes,
+        }
+    }
+}
+
+impl NamedService for MonitorRoutes {
+    const NAME: &'static str = <MonitorServiceServer<MonitorApi> as NamedService>::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl Service<http::Request<tonic::body::Body>> for MonitorRoutes {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != GET_STATUS {
+            return self.generated.call(request);
+        }
+        let (api, max) = (self.api.clone(), self.max_message_bytes);
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<StatusWire, pb::GetStatusRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));
+            Ok(grpc.unary(GetStatus(api), request).await)
+        })
+    }
+}
+
+/// The GetStatus call of [`MonitorRoutes`].
+struct GetStatus(MonitorApi);
+
+impl tonic::server::UnaryService<pb::GetStatusRequest> for GetStatus {
+    type Response = StatusWire;
+    type Future = BoxFuture<Result<tonic::Response<StatusWire>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<pb::GetStatusRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.status_wire(request).await.map(tonic::Response::new) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::{Core, CoreConfig, JsonMap, NewTask, Outcome, StatusQuery};
+    use crate::grpc::convert;
+
+    fn map(v: serde_json::Value) -> JsonMap {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    async fn page(core: &Core) -> crate::core::StatusPage {
+        core.status(&StatusQuery::default()).unwrap()
+    }
+
+    /// What the kept encodings put on the wire decodes to exactly the plain conversion,
+    /// and the length announced is the length written.
+    #[tokio::test]
+    async fn a_page_decodes_to_the_plain_conversion() {
+        let core = Core::in_memory(CoreConfig::default());
+        core.start_task(NewTask {
+            task_id: Some("rich".into()),
+            agent_id: "agent-1".into(),
+            description: "with everything".into(),
+            metadata: Some(map(json!({"team": "a", "n": [1, 2.5, null, {"deep": true}]}))),
+            priority: 3,
+            plan: Some(map(json!({"steps": ["x", "y"]}))),
+            ..NewTask::default()
+        })
+        .await
+        .unwrap();
+        core.start_task(NewTask {
+            task_id: Some("waiting".into()),
+            agent_id: "agent-2".into(),
+            description: "not started".into(),
+            pending: true,
+            ..NewTask::default()
+        })
+        .await
+        .unwrap();
+        core.start_task(NewTask {
+            task_id: Some("done".into()),
+            agent_id: "agent-1".into(),
+            description: "finished".into(),
+            ..NewTask::default()
+        })
+        .await
+        .unwrap();
+        core.report_progress("rich", 0.25, "a quarter".into()).await.unwrap();
+        core.finish_task("done", Outcome::Completed(Some(json!({"ok": [1, 2]}))))
+            .await
+            .unwrap();
+
+        let page = page(&core).await;
+        let plain: Vec<pb::Task> = page.tasks.iter().map(|t| convert::task(t, page.time)).collect();
+        let wire = convert::status_page(page);
+        assert_eq!(wire.encoded_len(), wire.encode_to_vec().len());
+        let decoded = wire.clone().into_response().unwrap();
+        assert_eq!(decoded.tasks, plain);
+        assert_eq!(decoded.tasks.len(), 3);
+        assert!(decoded.tasks.iter().all(|t| t.duration.is_some()));
+        assert_eq!(
+            pb::GetStatusResponse {
+                tasks: Vec::new(),
+                ..decoded
+            },
+            wire.rest
+        );
+    }
+
+    /// A task's encoding is made once per version: a second poll reuses it, a change
+    /// makes a new one, and the page shows the change.
+    #[tokio::test]
+    async fn a_change_is_never_answered_from_an_old_encoding() {
+        let core = Core::in_memory(CoreConfig::default());
+        core.start_task(NewTask {
+            task_id: Some("t".into()),
+            agent_id: "agent-1".into(),
+            description: "work".into(),
+            ..NewTask::default()
+        })
+        .await
+        .unwrap();
+        let first = page(&core).await;
+        assert!(!first.tasks[0].wire.is_set());
+        let bytes = convert::task_wire(&first.tasks[0]);
+        assert!(first.tasks[0].wire.is_set());
+        let again = page(&core).await;
+        // Same version, same kept bytes (not a new encoding).
+        assert_eq!(convert::task_wire(&again.tasks[0]).as_ptr(), bytes.as_ptr());
+        drop((first, again));
+
+        // Changed in place (nobody else holds it) or copied: either way not from the cache.
+        core.report_progress("t", 0.5, "half".into()).await.unwrap();
+        core.publish_update("t", map(json!({"k": 1}))).await.unwrap();
+        let changed = page(&core).await;
+        assert!(!changed.tasks[0].wire.is_set());
+        let decoded = convert::status_page(changed).into_response().unwrap();
+        assert_eq!(decoded.tasks[0].progress, 0.5);
+        assert_eq!(decoded.tasks[0].status_message, "half");
+        assert_eq!(decoded.tasks[0].version, 3);
+
+        // The duration is written fresh at every poll, not kept with the encoding.
+        let later = page(&core).await;
+        let time = later.time;
+        let start = later.tasks[0].start_time.unwrap();
+        let decoded = convert::status_page(later).into_response().unwrap();
+        let expected = convert::duration(time.duration_since(start).unwrap_or_default());
+        assert_eq!(decoded.tasks[0].duration, Some(expected));
+        assert!(SystemTime::now() >= time);
+    }
+}
