@@ -169,8 +169,9 @@ pub struct Task {
 /// converted and encoded again on every poll.
 ///
 /// It is valid for the task as it is: the core clears it whenever it hands the task out
-/// to be changed, a copy of the task starts without it, and it only answers for the
-/// version it was made for.
+/// to be changed (some changes, such as a lock renewal, do not bump the version, so the
+/// clear is what keeps it right), and a copy of the task starts without it. As a last
+/// guard, it never answers for a version other than the one it was made for.
 #[derive(Default)]
 pub struct WireCache(std::sync::OnceLock<(u64, bytes::Bytes)>);
 

@@ -158,12 +158,15 @@ impl tonic::server::UnaryService<pb::GetStatusRequest> for GetStatus {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use serde_json::json;
 
     use super::*;
-    use crate::core::{Core, CoreConfig, JsonMap, NewTask, Outcome, StatusQuery};
+    use crate::core::{
+        Capabilities, CommandAction, CommandWait, ConnectRequest, CoordinateRequest, Core, CoreConfig, JsonMap,
+        NewInput, NewTask, Outcome, SessionKind, StatusQuery,
+    };
     use crate::grpc::convert;
 
     fn map(v: serde_json::Value) -> JsonMap {
@@ -174,40 +177,70 @@ mod tests {
         core.status(&StatusQuery::default()).unwrap()
     }
 
+    fn new_task(id: &str, agent: &str) -> NewTask {
+        NewTask {
+            task_id: Some(id.into()),
+            agent_id: agent.into(),
+            description: format!("task {id}"),
+            ..NewTask::default()
+        }
+    }
+
     /// What the kept encodings put on the wire decodes to exactly the plain conversion,
-    /// and the length announced is the length written.
+    /// and the length announced is the length written: tasks with metadata, a plan, a
+    /// lock, open and last commands, an open input request, a result, or nothing started.
     #[tokio::test]
     async fn a_page_decodes_to_the_plain_conversion() {
         let core = Core::in_memory(CoreConfig::default());
         core.start_task(NewTask {
-            task_id: Some("rich".into()),
-            agent_id: "agent-1".into(),
-            description: "with everything".into(),
             metadata: Some(map(json!({"team": "a", "n": [1, 2.5, null, {"deep": true}]}))),
             priority: 3,
             plan: Some(map(json!({"steps": ["x", "y"]}))),
-            ..NewTask::default()
+            ..new_task("rich", "agent-1")
         })
         .await
         .unwrap();
         core.start_task(NewTask {
-            task_id: Some("waiting".into()),
-            agent_id: "agent-2".into(),
-            description: "not started".into(),
             pending: true,
-            ..NewTask::default()
+            ..new_task("waiting", "agent-2")
         })
         .await
         .unwrap();
-        core.start_task(NewTask {
-            task_id: Some("done".into()),
-            agent_id: "agent-1".into(),
-            description: "finished".into(),
-            ..NewTask::default()
-        })
-        .await
-        .unwrap();
+        core.start_task(new_task("done", "agent-1")).await.unwrap();
         core.report_progress("rich", 0.25, "a quarter".into()).await.unwrap();
+        core.connect(ConnectRequest {
+            session_id: "boss".into(),
+            kind: SessionKind::Supervisor,
+            capabilities: Capabilities {
+                task_coordination: true,
+                ..Capabilities::default()
+            },
+            lease_ttl: None,
+        })
+        .await
+        .unwrap();
+        let lock = core.acquire_lock("rich", "boss", None).await.unwrap();
+        core.coordinate(CoordinateRequest {
+            task_id: "rich".into(),
+            coordinator_id: "boss".into(),
+            action: CommandAction::BoostPriority,
+            data: Some(map(json!({"priority": 9}))),
+            fencing_token: lock.fencing_token,
+            expected_version: None,
+            idempotency_key: Some("k1".into()),
+            wait: CommandWait::Admitted,
+            wait_timeout: None,
+        })
+        .await
+        .unwrap();
+        core.request_input(NewInput {
+            task_id: "rich".into(),
+            prompt: "which one?".into(),
+            choices: vec!["a".into(), "b".into()],
+            ..NewInput::default()
+        })
+        .await
+        .unwrap();
         core.finish_task("done", Outcome::Completed(Some(json!({"ok": [1, 2]}))))
             .await
             .unwrap();
@@ -219,6 +252,9 @@ mod tests {
         let decoded = wire.clone().into_response().unwrap();
         assert_eq!(decoded.tasks, plain);
         assert_eq!(decoded.tasks.len(), 3);
+        let rich = &decoded.tasks[0];
+        assert!(rich.lock.is_some() && rich.last_command.is_some());
+        assert_eq!((rich.open_commands.len(), rich.open_inputs.len()), (1, 1));
         assert!(decoded.tasks.iter().all(|t| t.duration.is_some()));
         assert_eq!(
             pb::GetStatusResponse {
@@ -234,14 +270,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_is_never_answered_from_an_old_encoding() {
         let core = Core::in_memory(CoreConfig::default());
-        core.start_task(NewTask {
-            task_id: Some("t".into()),
-            agent_id: "agent-1".into(),
-            description: "work".into(),
-            ..NewTask::default()
-        })
-        .await
-        .unwrap();
+        core.start_task(new_task("t", "agent-1")).await.unwrap();
         let first = page(&core).await;
         assert!(!first.tasks[0].wire.is_set());
         let bytes = convert::task_wire(&first.tasks[0]);
@@ -260,6 +289,30 @@ mod tests {
         assert_eq!(decoded.tasks[0].progress, 0.5);
         assert_eq!(decoded.tasks[0].status_message, "half");
         assert_eq!(decoded.tasks[0].version, 3);
+
+        // A change that keeps the version (a lock renewal moves its expiry) is shown too.
+        core.connect(ConnectRequest {
+            session_id: "boss".into(),
+            kind: SessionKind::Supervisor,
+            capabilities: Capabilities {
+                task_coordination: true,
+                ..Capabilities::default()
+            },
+            lease_ttl: None,
+        })
+        .await
+        .unwrap();
+        let lock = core.acquire_lock("t", "boss", None).await.unwrap();
+        let locked = page(&core).await;
+        let before = convert::status_page(locked).into_response().unwrap().tasks[0].clone();
+        let renewed = core
+            .renew_lock("t", "boss", lock.fencing_token, Some(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        let after = convert::status_page(page(&core).await).into_response().unwrap().tasks[0].clone();
+        assert_eq!(after.version, before.version, "a renewal keeps the version");
+        assert_ne!(after.lock, before.lock);
+        assert_eq!(after.lock, Some(convert::lock(&renewed)));
 
         // The duration is written fresh at every poll, not kept with the encoding.
         let later = page(&core).await;
