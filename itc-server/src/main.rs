@@ -263,11 +263,7 @@ async fn run(settings: itc_server::config::Settings) -> ExitCode {
     let metrics = match settings.metrics_listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
-            Err(e) => {
-                return fail(&format!(
-                    "invalid setting `metrics_listen`: cannot listen on {addr}: {e}"
-                ));
-            }
+            Err(source) => return fail(&itc_server::ServeError::MetricsListen { addr, source }.to_string()),
         },
         None => None,
     };

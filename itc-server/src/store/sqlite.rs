@@ -355,8 +355,10 @@ impl Writer {
                 None => {
                     let started = std::time::Instant::now();
                     let result = self.write(&jobs);
-                    let events = jobs.iter().map(|(batch, _)| batch.events.len()).sum();
-                    self.metrics.committed(events, started.elapsed());
+                    if result.is_ok() {
+                        let events = jobs.iter().map(|(batch, _)| batch.events.len()).sum();
+                        self.metrics.committed(events, started.elapsed());
+                    }
                     result
                 }
             };
