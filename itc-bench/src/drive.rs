@@ -18,12 +18,17 @@ use crate::BenchError;
 use crate::baseline::proto::baseline_client::BaselineClient;
 use crate::server::Server;
 
+/// The longest any call, stream start or scenario step may wait (every call carries it
+/// as its deadline, so a server that stops answering fails the run instead of hanging it).
+pub(crate) const WAIT: Duration = Duration::from_secs(300);
+
 /// `n` separate HTTP/2 connections to the server.
 pub(crate) async fn channels(server: &Server, n: usize) -> Result<Vec<Channel>, BenchError> {
     let endpoint = Endpoint::from_shared(server.url.clone())
         .map_err(|e| BenchError::Server(format!("bad address {}: {e}", server.url)))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(WAIT);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         out.push(endpoint.connect().await.map_err(|e| BenchError::Connect {

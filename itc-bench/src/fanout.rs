@@ -10,11 +10,8 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::BenchError;
-use crate::drive::{self, Publisher};
+use crate::drive::{self, Publisher, WAIT};
 use crate::server::Server;
-
-/// Every wait of a scenario ends by this bound.
-const WAIT: Duration = Duration::from_secs(300);
 
 /// Publishes before the subscribers connect, so that connections and the task are warm.
 const WARM_UP: u64 = 20;

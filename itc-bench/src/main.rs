@@ -593,6 +593,12 @@ async fn bench(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Some(pid) = args.server_pid
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        eprintln!("itc-bench: --server-pid {pid}: no such process (give the pid of the server at --addr)");
+        return ExitCode::from(2);
+    }
     let mut plan = if args.quick { Plan::quick() } else { Plan::full() };
     if !args.subscribers.is_empty() {
         let known: Vec<usize> = plan.fanout.iter().map(|(s, _)| *s).collect();
@@ -605,6 +611,14 @@ async fn bench(args: Args) -> ExitCode {
         }
         plan.fanout.retain(|(s, _)| args.subscribers.contains(s));
         plan.latency_subscribers.retain(|s| args.subscribers.contains(s));
+        if plan.latency_subscribers.is_empty() && scenarios.contains(&Scenario::Latency) {
+            eprintln!(
+                "itc-bench: latency is measured with {:?} subscribers; --subscribers {:?} leaves it none",
+                if args.quick { Plan::quick() } else { Plan::full() }.latency_subscribers,
+                args.subscribers
+            );
+            return ExitCode::from(2);
+        }
     }
     let stores = if args.addr.is_some() {
         vec![Kind::External]

@@ -14,10 +14,8 @@ use tonic::Status;
 
 use crate::BenchError;
 use crate::baseline::proto::baseline_client::BaselineClient;
-use crate::drive;
+use crate::drive::{self, WAIT};
 use crate::server::Server;
-
-const WAIT: Duration = Duration::from_secs(300);
 
 /// Server memory while `streams` Subscribe streams (unfiltered) are open and idle, after
 /// `settle`: (total RSS in MiB, the growth per stream in KiB). `None` when the server's
