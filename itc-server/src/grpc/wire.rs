@@ -177,6 +177,20 @@ mod tests {
         core.status(&StatusQuery::default()).unwrap()
     }
 
+    async fn connect_supervisor(core: &Core, id: &str) {
+        core.connect(ConnectRequest {
+            session_id: id.into(),
+            kind: SessionKind::Supervisor,
+            capabilities: Capabilities {
+                task_coordination: true,
+                ..Capabilities::default()
+            },
+            lease_ttl: None,
+        })
+        .await
+        .unwrap();
+    }
+
     fn new_task(id: &str, agent: &str) -> NewTask {
         NewTask {
             task_id: Some(id.into()),
@@ -208,17 +222,7 @@ mod tests {
         .unwrap();
         core.start_task(new_task("done", "agent-1")).await.unwrap();
         core.report_progress("rich", 0.25, "a quarter".into()).await.unwrap();
-        core.connect(ConnectRequest {
-            session_id: "boss".into(),
-            kind: SessionKind::Supervisor,
-            capabilities: Capabilities {
-                task_coordination: true,
-                ..Capabilities::default()
-            },
-            lease_ttl: None,
-        })
-        .await
-        .unwrap();
+        connect_supervisor(&core, "boss").await;
         let lock = core.acquire_lock("rich", "boss", None).await.unwrap();
         core.coordinate(CoordinateRequest {
             task_id: "rich".into(),
@@ -291,17 +295,7 @@ mod tests {
         assert_eq!(decoded.tasks[0].version, 3);
 
         // A change that keeps the version (a lock renewal moves its expiry) is shown too.
-        core.connect(ConnectRequest {
-            session_id: "boss".into(),
-            kind: SessionKind::Supervisor,
-            capabilities: Capabilities {
-                task_coordination: true,
-                ..Capabilities::default()
-            },
-            lease_ttl: None,
-        })
-        .await
-        .unwrap();
+        connect_supervisor(&core, "boss").await;
         let lock = core.acquire_lock("t", "boss", None).await.unwrap();
         let locked = page(&core).await;
         let before = convert::status_page(locked).into_response().unwrap().tasks[0].clone();
