@@ -269,6 +269,7 @@ impl Tx {
             task_version: 0,
             task_status: None,
             detail: super::EventDetail::None,
+            wire: Default::default(),
         }));
         seq
     }

@@ -289,6 +289,7 @@ impl Tx {
             task_version: task.version,
             task_status: Some(task.status),
             detail,
+            wire: WireCache::default(),
         }));
         seq
     }

@@ -164,9 +164,10 @@ pub struct Task {
     pub wire: WireCache,
 }
 
-/// A reader's encoding of a task (the gRPC layer keeps the task's protobuf form here),
-/// made at most once per version of the task, so that a page of unchanged tasks is not
-/// converted and encoded again on every poll.
+/// A reader's encoding of a task or an event (the gRPC layer keeps its protobuf form
+/// here), made at most once per version of the task, so that a page of unchanged tasks is
+/// not converted and encoded again on every poll; and once per event, keyed by its seq,
+/// however many subscribers it is sent to.
 ///
 /// It is valid for the task as it is: the core clears it whenever it hands the task out
 /// to be changed (some changes, such as a lock renewal, do not bump the version, so the
@@ -600,4 +601,8 @@ pub struct Event {
     pub task_status: Option<TaskStatus>,
     /// Typed detail.
     pub detail: EventDetail,
+    /// Its encoding for subscribers, made once (keyed by `seq`) and shared by every
+    /// stream that sends the event (not stored). An appended event never changes.
+    #[serde(skip)]
+    pub wire: WireCache,
 }

@@ -599,6 +599,7 @@ impl Tx {
                 session: Box::new(info.clone()),
                 end,
             },
+            wire: Default::default(),
         }));
         seq
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use itc_proto::json;
 use itc_proto::v1 as pb;
 
-use super::wire::StatusWire;
+use super::wire::{StatusWire, SubscribeWire};
 use crate::core::{self, Event, EventDetail, EventType, JsonMap, Task, TaskStatus};
 use crate::error::CoreError;
 
@@ -355,6 +355,21 @@ pub(crate) fn event(e: &Event) -> pb::Event {
     }
 }
 
+/// An event's encoding, made once and kept with the event: every stream that sends it
+/// copies the same bytes instead of converting and encoding it again.
+pub(crate) fn event_wire(e: &Event) -> bytes::Bytes {
+    e.wire
+        .get_or_encode(e.seq, || bytes::Bytes::from(prost::Message::encode_to_vec(&event(e))))
+}
+
+/// A stream item as Subscribe sends it: log events as their kept encodings.
+pub(crate) fn stream_item_wire(item: core::StreamItem) -> SubscribeWire {
+    match item {
+        core::StreamItem::Event(e) => SubscribeWire::Event(event_wire(&e)),
+        other => SubscribeWire::Message(Box::new(stream_item(other))),
+    }
+}
+
 /// A filter entry: UNSPECIFIED or unknown values are refused.
 pub(crate) fn event_type_from(field: &str, value: i32) -> Result<EventType, CoreError> {
     use pb::EventType as P;
@@ -632,6 +647,7 @@ mod tests {
                 progress: 0.5,
                 message: "half".into(),
             },
+            wire: Default::default(),
         };
         let p = event(&e);
         assert_eq!(

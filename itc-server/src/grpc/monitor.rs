@@ -1,4 +1,4 @@
-//! `itc.v1.MonitorService`: status polling (and, next, live streams).
+//! `itc.v1.MonitorService`: status polling and live streams.
 
 use std::pin::Pin;
 use std::time::SystemTime;
@@ -10,9 +10,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::wire::StatusWire;
+use super::wire::{StatusWire, SubscribeWire};
 use crate::core::{Core, StreamItem};
 use crate::error::CoreError;
+
+/// A Subscribe stream as Subscribe sends it.
+pub(crate) type WireStream = Pin<Box<dyn Stream<Item = Result<SubscribeWire, Status>> + Send>>;
 
 /// The MonitorService adapter over the core.
 #[derive(Debug, Clone)]
@@ -24,6 +27,23 @@ impl MonitorApi {
     /// An adapter over `core`.
     pub fn new(core: Core) -> Self {
         Self { core }
+    }
+
+    /// Subscribe: the subscription's items as stream messages.
+    pub(crate) fn subscribe_wire(&self, request: Request<pb::SubscribeRequest>) -> Result<WireStream, Status> {
+        let request = convert::subscribe_request(request.into_inner())?;
+        let subscription = self.core.subscribe(request)?;
+        tracing::debug!(subscription = subscription.id(), "subscribed");
+        // The stream owns the subscription: when the client goes away tonic drops the
+        // stream, and the subscription unregisters at once.
+        // Items come in batches (everything sendable at a wake-up) and are converted one
+        // at a time as tonic encodes them.
+        let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+            let batch = sub.next_batch().await?;
+            Some((batch, sub))
+        })
+        .flat_map(|batch| futures_util::stream::iter(Batch::from(batch)));
+        Ok(Box::pin(stream))
     }
 
     /// GetStatus: one page of tasks with the statistics and sessions.
@@ -42,22 +62,18 @@ impl MonitorApi {
 impl MonitorService for MonitorApi {
     type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
+    /// Served by [`super::MonitorRoutes`], which writes each event's kept encoding; this
+    /// is the same stream decoded, for a caller of the plain generated server.
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = convert::subscribe_request(request.into_inner())?;
-        let subscription = self.core.subscribe(request)?;
-        tracing::debug!(subscription = subscription.id(), "subscribed");
-        // The stream owns the subscription: when the client goes away tonic drops the
-        // stream, and the subscription unregisters at once.
-        // Items come in batches (everything sendable at a wake-up) and are converted one
-        // at a time as tonic encodes them.
-        let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
-            let batch = sub.next_batch().await?;
-            Some((batch, sub))
-        })
-        .flat_map(|batch| futures_util::stream::iter(Batch::from(batch)));
+        let stream = self.subscribe_wire(request)?.map(|item| {
+            item.and_then(|wire| {
+                wire.into_response()
+                    .map_err(|e| Status::internal(format!("a stream message did not decode: {e}")))
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -107,11 +123,11 @@ impl From<Result<Vec<StreamItem>, CoreError>> for Batch {
 }
 
 impl Iterator for Batch {
-    type Item = Result<pb::SubscribeResponse, Status>;
+    type Item = Result<SubscribeWire, Status>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Self::Items(items) => items.next().map(|item| Ok(convert::stream_item(item))),
+            Self::Items(items) => items.next().map(|item| Ok(convert::stream_item_wire(item))),
             Self::Error(error) => error.take().map(|e| Err(Status::from(e))),
         }
     }

@@ -1,4 +1,4 @@
-//! GetStatus written from each task's cached encoding.
+//! GetStatus written from each task's cached encoding, Subscribe from each event's.
 //!
 //! A status page holds up to 1,000 tasks, and pollers ask for the same unchanged tasks
 //! again and again. Converting each task to its protobuf form and encoding it on every
@@ -32,6 +32,8 @@ pub(crate) const DURATION_FIELD: u32 = 15;
 
 /// The path of GetStatus.
 const GET_STATUS: &str = "/itc.v1.MonitorService/GetStatus";
+/// The path of Subscribe.
+const SUBSCRIBE: &str = "/itc.v1.MonitorService/Subscribe";
 
 /// A GetStatus answer: its tasks as cached encodings.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -93,8 +95,83 @@ impl Message for StatusWire {
     }
 }
 
-/// `itc.v1.MonitorService` as served: GetStatus writes cached task encodings, every
-/// other method goes to the generated server.
+/// `SubscribeResponse.event`.
+const EVENT_FIELD: u32 = 1;
+
+/// A Subscribe message: a log event as its kept encoding (the same bytes for every
+/// stream that sends it), or a message made for this stream (start, snapshot, heartbeat,
+/// end).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SubscribeWire {
+    /// The encoding of the `Event` of a `SubscribeResponse`.
+    Event(Bytes),
+    /// A whole response (boxed: a response is large, and most messages are events).
+    Message(Box<pb::SubscribeResponse>),
+}
+
+impl Default for SubscribeWire {
+    fn default() -> Self {
+        Self::Message(Box::default())
+    }
+}
+
+impl SubscribeWire {
+    /// The message as the generated type (for the plain service trait, and tests).
+    pub(crate) fn into_response(self) -> Result<pb::SubscribeResponse, prost::DecodeError> {
+        match self {
+            Self::Message(message) => Ok(*message),
+            Self::Event(_) => pb::SubscribeResponse::decode(self.encode_to_vec().as_slice()),
+        }
+    }
+}
+
+impl Message for SubscribeWire {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            Self::Event(event) => {
+                prost::encoding::encode_key(EVENT_FIELD, WireType::LengthDelimited, buf);
+                prost::encoding::encode_varint(event.len() as u64, buf);
+                buf.put_slice(event);
+            }
+            Self::Message(message) => message.encode_raw(buf),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only the server writes this type; read back, it is a plain response.
+        if let Self::Event(_) = self {
+            *self = Self::default();
+        }
+        match self {
+            Self::Message(message) => message.merge_field(tag, wire_type, buf, ctx),
+            Self::Event(_) => Ok(()),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Event(event) => {
+                prost::encoding::key_len(EVENT_FIELD)
+                    + prost::encoding::encoded_len_varint(event.len() as u64)
+                    + event.len()
+            }
+            Self::Message(message) => message.encoded_len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// `itc.v1.MonitorService` as served: GetStatus writes cached task encodings and
+/// Subscribe cached event encodings; every other method goes to the generated server.
 #[derive(Debug, Clone)]
 pub struct MonitorRoutes {
     api: MonitorApi,
@@ -131,15 +208,34 @@ impl Service<http::Request<tonic::body::Body>> for MonitorRoutes {
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() != GET_STATUS {
-            return self.generated.call(request);
-        }
         let (api, max) = (self.api.clone(), self.max_message_bytes);
-        Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<StatusWire, pb::GetStatusRequest>::default();
-            let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));
-            Ok(grpc.unary(GetStatus(api), request).await)
-        })
+        match request.uri().path() {
+            GET_STATUS => Box::pin(async move {
+                let codec = tonic_prost::ProstCodec::<StatusWire, pb::GetStatusRequest>::default();
+                let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));
+                Ok(grpc.unary(GetStatus(api), request).await)
+            }),
+            SUBSCRIBE => Box::pin(async move {
+                let codec = tonic_prost::ProstCodec::<SubscribeWire, pb::SubscribeRequest>::default();
+                let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), Some(max));
+                Ok(grpc.server_streaming(Subscribe(api), request).await)
+            }),
+            _ => self.generated.call(request),
+        }
+    }
+}
+
+/// The Subscribe call of [`MonitorRoutes`].
+struct Subscribe(MonitorApi);
+
+impl tonic::server::ServerStreamingService<pb::SubscribeRequest> for Subscribe {
+    type Response = SubscribeWire;
+    type ResponseStream = super::monitor::WireStream;
+    type Future = BoxFuture<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<pb::SubscribeRequest>) -> Self::Future {
+        let api = self.0.clone();
+        Box::pin(async move { api.subscribe_wire(request).map(tonic::Response::new) })
     }
 }
 
@@ -205,6 +301,80 @@ mod tests {
     /// lock, open and last commands, an open input request, a result, or nothing started.
     #[tokio::test]
     async fn a_page_decodes_to_the_plain_conversion() {
+        let core = rich_core().await;
+        let page = page(&core).await;
+        let plain: Vec<pb::Task> = page.tasks.iter().map(|t| convert::task(t, page.time)).collect();
+        let wire = convert::status_page(page);
+        assert_eq!(wire.encoded_len(), wire.encode_to_vec().len());
+        let decoded = wire.clone().into_response().unwrap();
+        assert_eq!(decoded.tasks, plain);
+        assert_eq!(decoded.tasks.len(), 3);
+        let rich = &decoded.tasks[0];
+        assert!(rich.lock.is_some() && rich.last_command.is_some());
+        assert_eq!((rich.open_commands.len(), rich.open_inputs.len()), (1, 1));
+        assert!(decoded.tasks.iter().all(|t| t.duration.is_some()));
+        assert_eq!(
+            pb::GetStatusResponse {
+                tasks: Vec::new(),
+                ..decoded
+            },
+            wire.rest
+        );
+    }
+
+    /// Every kind of log event a stream sends decodes from its kept encoding to exactly
+    /// the plain conversion, with the length announced the length written; the encoding
+    /// is made once per event and shared by every stream that sends it.
+    #[tokio::test]
+    async fn stream_events_decode_to_the_plain_conversion() {
+        let core = rich_core().await;
+        let head = core.head_seq();
+        let mut subscription = core
+            .subscribe(crate::core::SubscribeRequest {
+                filter: Default::default(),
+                after_seq: Some(0),
+                snapshot: false,
+                session_id: None,
+            })
+            .unwrap();
+        let mut events = Vec::new();
+        while events.len() < head as usize {
+            let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch())
+                .await
+                .expect("the log replays within 10 s")
+                .expect("the stream is open")
+                .unwrap();
+            for item in batch {
+                match item {
+                    crate::core::StreamItem::Event(e) => events.push(e),
+                    other => assert!(matches!(convert::stream_item_wire(other), SubscribeWire::Message(_))),
+                }
+            }
+        }
+        let mut kinds = std::collections::HashSet::new();
+        for event in &events {
+            kinds.insert(event.kind);
+            let wire = convert::stream_item_wire(crate::core::StreamItem::Event(event.clone()));
+            let SubscribeWire::Event(bytes) = &wire else {
+                panic!("a log event is sent as its kept encoding");
+            };
+            assert_eq!(wire.encoded_len(), wire.encode_to_vec().len());
+            let plain = convert::stream_item(crate::core::StreamItem::Event(event.clone()));
+            assert_eq!(wire.clone().into_response().unwrap(), plain, "event {}", event.seq);
+            // A second stream sends the same bytes, not a new encoding.
+            let again = convert::stream_item_wire(crate::core::StreamItem::Event(event.clone()));
+            let SubscribeWire::Event(again) = again else {
+                panic!("a log event is sent as its kept encoding");
+            };
+            assert_eq!(again.as_ptr(), bytes.as_ptr());
+        }
+        // Task, progress, command, lock, input and session details are all covered.
+        assert!(kinds.len() >= 8, "{kinds:?}");
+    }
+
+    /// A core holding tasks with metadata, a plan, a lock, open and last commands, an
+    /// open input request, a result, and one not started.
+    async fn rich_core() -> Core {
         let core = Core::in_memory(CoreConfig::default());
         core.start_task(NewTask {
             metadata: Some(map(json!({"team": "a", "n": [1, 2.5, null, {"deep": true}]}))),
@@ -248,25 +418,7 @@ mod tests {
         core.finish_task("done", Outcome::Completed(Some(json!({"ok": [1, 2]}))))
             .await
             .unwrap();
-
-        let page = page(&core).await;
-        let plain: Vec<pb::Task> = page.tasks.iter().map(|t| convert::task(t, page.time)).collect();
-        let wire = convert::status_page(page);
-        assert_eq!(wire.encoded_len(), wire.encode_to_vec().len());
-        let decoded = wire.clone().into_response().unwrap();
-        assert_eq!(decoded.tasks, plain);
-        assert_eq!(decoded.tasks.len(), 3);
-        let rich = &decoded.tasks[0];
-        assert!(rich.lock.is_some() && rich.last_command.is_some());
-        assert_eq!((rich.open_commands.len(), rich.open_inputs.len()), (1, 1));
-        assert!(decoded.tasks.iter().all(|t| t.duration.is_some()));
-        assert_eq!(
-            pb::GetStatusResponse {
-                tasks: Vec::new(),
-                ..decoded
-            },
-            wire.rest
-        );
+        core
     }
 
     /// A task's encoding is made once per version: a second poll reuses it, a change

@@ -117,6 +117,7 @@ mod tests {
             task_version: 0,
             task_status: None,
             detail: EventDetail::None,
+            wire: Default::default(),
         })
     }
 

@@ -637,6 +637,7 @@ mod tests {
             task_version: seq,
             task_status: None,
             detail: EventDetail::None,
+            wire: Default::default(),
         })
     }
 
