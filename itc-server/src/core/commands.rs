@@ -6,7 +6,6 @@
 //! command then travels to the agent, whose answer (applied, or rejected with a reason,
 //! or an answer to a query) closes it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -247,8 +246,7 @@ impl Core {
                 Some(&coordinator),
                 Some(command_id),
             );
-            let task = Arc::new(task.clone());
-            tx.batch.upserts.push(task);
+            tx.changed(task);
             Ok(Some(delivered))
         })
         .await
@@ -441,8 +439,7 @@ impl State {
             tx.event_by(kind, task, snapshot, data.clone(), coordinator, caused_by);
         }
         let agent_id = task.agent_id.clone();
-        let upsert = Arc::new(task.clone());
-        tx.batch.upserts.push(upsert);
+        tx.changed(task);
         self.command_index.insert(command.id.clone(), task_id.clone());
         if action == CommandAction::Cancel {
             let reason = reason_in(data.as_ref(), &format!("cancelled by {coordinator_id}"));
@@ -487,8 +484,7 @@ impl State {
         let coordinator = command.coordinator_id.clone();
         let detail = EventDetail::Command(Box::new(command.clone()));
         tx.event_by(kind, task, detail, None, Some(&coordinator), Some(command_id));
-        let task = Arc::new(task.clone());
-        tx.batch.upserts.push(task);
+        tx.changed(task);
         self.command_index.remove(command_id);
         tx.batch.closed_commands.push(command.clone());
         self.closed_commands.insert(command_id.to_owned(), command.clone());

@@ -1,7 +1,6 @@
 //! Input requests: an agent asks a human or coordinator a question and waits for the
 //! answer (the human-in-the-loop part). Any number may be open per task, up to a limit.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -119,8 +118,7 @@ impl Core {
                 None,
             );
             let agent = task.agent_id.clone();
-            let upsert = Arc::new(task.clone());
-            tx.batch.upserts.push(upsert);
+            tx.changed(task);
             state.input_index.insert(input.id.clone(), new.task_id);
             state.touch_session(&agent);
             if let Some(t) = timeout {
@@ -237,8 +235,7 @@ impl State {
         let detail = EventDetail::Input(Box::new(input.clone()));
         tx.event_by(EventType::InputProvided, task, detail, None, by, None);
         let agent = task.agent_id.clone();
-        let upsert = Arc::new(task.clone());
-        tx.batch.upserts.push(upsert);
+        tx.changed(task);
         self.input_index.remove(request_id);
         self.keep_closed_input(tx, input.clone());
         self.push_to_agent(&agent, Push::Input(input.clone()));

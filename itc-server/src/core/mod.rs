@@ -258,9 +258,30 @@ struct Tx {
     next_seq: u64,
     time: SystemTime,
     batch: Batch,
+    /// Tasks this operation changed, by `create_seq`. When it ends, their upserts are
+    /// the state's own `Arc`s, shared with the store rather than copied: a task is copied
+    /// only if it changes again while the store still holds it (`for_change`).
+    changed: Vec<u64>,
 }
 
 impl Tx {
+    /// Records that `task` changed: the batch will write it as the operation leaves it.
+    fn changed(&mut self, task: &Task) {
+        if !self.changed.contains(&task.create_seq) {
+            self.changed.push(task.create_seq);
+        }
+    }
+
+    /// Adds the changed tasks to the batch as `state` holds them now. A task forgotten
+    /// within the same operation is not written (its removal is in the batch).
+    fn take_changed(&mut self, state: &State) {
+        for seq in std::mem::take(&mut self.changed) {
+            if let Some(task) = state.tasks.get(&seq) {
+                self.batch.upserts.push(task.clone());
+            }
+        }
+    }
+
     fn event(&mut self, kind: EventType, task: &Task, detail: EventDetail, data: Option<JsonMap>) -> u64 {
         self.event_by(kind, task, detail, data, None, None)
     }
@@ -445,8 +466,10 @@ impl Core {
                 next_seq: state.head_seq + 1,
                 time: SystemTime::now(),
                 batch: Batch::default(),
+                changed: Vec::new(),
             };
             let value = op(&mut state, &mut tx)?;
+            tx.take_changed(&state);
             state.recount(&tx.batch);
             let published = tx.next_seq - 1 - state.head_seq;
             state.counters.events_published += published;

@@ -495,8 +495,7 @@ impl State {
             task.update_time = tx.time;
             let snapshot = Box::new(task.clone());
             tx.event(EventType::TaskRecovered, task, EventDetail::Task(snapshot), None);
-            let task = Arc::new(task.clone());
-            tx.batch.upserts.push(task);
+            tx.changed(task);
         }
     }
 
@@ -558,8 +557,7 @@ impl State {
                     task.update_time = tx.time;
                     let snapshot = Box::new(task.clone());
                     tx.event(EventType::TaskOrphaned, task, EventDetail::Task(snapshot), None);
-                    let task = Arc::new(task.clone());
-                    tx.batch.upserts.push(task);
+                    tx.changed(task);
                 }
             }
         }

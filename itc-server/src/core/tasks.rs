@@ -180,13 +180,13 @@ impl Core {
                 seq,
                 status: task.status,
             };
-            let task = Arc::new(task.clone());
+            tx.changed(task);
+            let (id, agent) = (task.id.clone(), task.agent_id.clone());
             if started {
                 state.counters.tasks_started += 1;
             }
-            state.activity.insert(task.id.clone(), Instant::now());
-            state.touch_session(&task.agent_id);
-            tx.batch.upserts.push(task);
+            state.activity.insert(id, Instant::now());
+            state.touch_session(&agent);
             Ok(ack)
         })
         .await
@@ -209,10 +209,10 @@ impl Core {
                 seq,
                 status: task.status,
             };
-            let task = Arc::new(task.clone());
-            state.activity.insert(task.id.clone(), Instant::now());
-            state.touch_session(&task.agent_id);
-            tx.batch.upserts.push(task);
+            tx.changed(task);
+            let (id, agent) = (task.id.clone(), task.agent_id.clone());
+            state.activity.insert(id, Instant::now());
+            state.touch_session(&agent);
             Ok(ack)
         })
         .await

@@ -927,3 +927,91 @@ async fn failed_commit_stops_writes_and_publishes_nothing() {
         .unwrap();
     assert!(matches!(core.durable(()).await, Err(CoreError::ShuttingDown)));
 }
+
+/// A store that keeps every upsert it is given, as given.
+#[derive(Debug)]
+struct KeepingStore {
+    inner: MemoryStore,
+    upserts: Mutex<Vec<Arc<Task>>>,
+}
+
+impl Store for KeepingStore {
+    fn name(&self) -> &'static str {
+        "keeping"
+    }
+    fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
+        self.inner.recover()
+    }
+    fn commit(&self, batch: Batch) -> Commit {
+        self.upserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(batch.upserts.iter().cloned());
+        self.inner.commit(batch)
+    }
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
+        self.inner.read_events(after_seq, limit)
+    }
+    fn oldest_seq(&self) -> u64 {
+        self.inner.oldest_seq()
+    }
+}
+
+/// A change hands the store the state's own task rather than a copy, and a later change
+/// never alters what an earlier batch holds: the task is copied only because the store
+/// still holds it. A task changed twice in one operation is written as it ends.
+#[tokio::test]
+async fn batches_share_tasks_and_never_see_later_changes() {
+    let store = Arc::new(KeepingStore {
+        inner: MemoryStore::new(1000, Duration::from_secs(3600)),
+        upserts: Mutex::new(Vec::new()),
+    });
+    let core = Core::open(CoreConfig::default(), store.clone()).unwrap();
+    core.start_task(new_task("t")).await.unwrap();
+    core.report_progress("t", 0.25, "a quarter".into()).await.unwrap();
+    core.publish_update("t", map(json!({"k": 1}))).await.unwrap();
+    // Cancelling by command admits the command and finishes the task in one operation.
+    core.connect(ConnectRequest {
+        session_id: "boss".into(),
+        kind: SessionKind::Supervisor,
+        capabilities: Capabilities {
+            task_coordination: true,
+            ..Capabilities::default()
+        },
+        lease_ttl: None,
+    })
+    .await
+    .unwrap();
+    core.coordinate(CoordinateRequest {
+        task_id: "t".into(),
+        coordinator_id: "boss".into(),
+        action: CommandAction::Cancel,
+        data: None,
+        fencing_token: 0,
+        expected_version: None,
+        idempotency_key: None,
+        wait: CommandWait::Admitted,
+        wait_timeout: None,
+    })
+    .await
+    .unwrap();
+    let kept = store.upserts.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let seen: Vec<(u64, f64, TaskStatus)> = kept.iter().map(|t| (t.version, t.progress, t.status)).collect();
+    let last = kept.last().unwrap();
+    assert_eq!(
+        &seen[..3],
+        &[
+            (1, 0.0, TaskStatus::Running),
+            (2, 0.25, TaskStatus::Running),
+            (3, 0.25, TaskStatus::Running)
+        ]
+    );
+    // The last write of the cancel is the task as the operation left it: the state's own.
+    assert_eq!(last.status, TaskStatus::Cancelled);
+    assert!(
+        Arc::ptr_eq(last, &core.task("t").unwrap()),
+        "the state's own task, not a copy"
+    );
+    // Each change copied the task the store still held, so each batch kept its own.
+    assert!(!Arc::ptr_eq(&kept[0], &kept[1]) && !Arc::ptr_eq(&kept[1], &kept[2]));
+}

@@ -89,8 +89,7 @@ impl State {
             task.update_time = tx.time;
             let snapshot = Box::new(task.clone());
             tx.event(EventType::TaskOrphaned, task, EventDetail::Task(snapshot), None);
-            let task = std::sync::Arc::new(task.clone());
-            tx.batch.upserts.push(task);
+            tx.changed(task);
         }
     }
 
@@ -118,8 +117,7 @@ impl State {
             task.update_time = tx.time;
             let snapshot = Box::new(task.clone());
             tx.event(EventType::TaskStalled, task, EventDetail::Task(snapshot), None);
-            let task = std::sync::Arc::new(task.clone());
-            tx.batch.upserts.push(task);
+            tx.changed(task);
         }
         self.arm(now + timeout, Timer::Stall(task_id.to_owned()));
     }
