@@ -67,6 +67,19 @@ impl Matcher {
             && (self.types.is_empty() || self.types.contains(&event.kind))
     }
 
+    /// Whether `event`, found through the index `via`, passes the rest of the filter.
+    fn matches_via(&self, event: &Event, via: Via) -> bool {
+        let types = self.types.is_empty() || self.types.contains(&event.kind);
+        match via {
+            Via::Task => {
+                types
+                    && (self.agent_ids.is_empty()
+                        || event.agent_id.as_ref().is_some_and(|a| self.agent_ids.contains(a)))
+            }
+            Via::Agent | Via::All => types,
+        }
+    }
+
     /// Whether a task of `task_id`/`agent_id` is within the filter (for snapshots).
     pub(crate) fn covers_task(&self, task_id: &str, agent_id: &str) -> bool {
         (self.task_ids.is_empty() || self.task_ids.contains(task_id))
@@ -157,32 +170,51 @@ pub(crate) struct Inbox {
     pub(crate) lagging: bool,
 }
 
+/// Subscriptions by their most selective non-empty filter. The lists hold the
+/// subscriptions themselves, so that publishing looks up each event's keys once and
+/// nothing per candidate.
 #[derive(Debug, Default)]
 struct Index {
+    /// Every registered subscription, by id.
     subs: HashMap<u64, Arc<SubShared>>,
-    by_task: HashMap<String, Vec<u64>>,
-    by_agent: HashMap<String, Vec<u64>>,
-    all: HashSet<u64>,
+    /// Subscriptions with task ids, under each of them.
+    by_task: HashMap<String, Vec<Arc<SubShared>>>,
+    /// Subscriptions with agent ids and no task ids, under each agent.
+    by_agent: HashMap<String, Vec<Arc<SubShared>>>,
+    /// Subscriptions with neither.
+    all: HashMap<u64, Arc<SubShared>>,
+}
+
+/// How a candidate was found: the part of its filter that the index already matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Under the event's task id: its task filter holds.
+    Task,
+    /// Under the event's agent id: its agent filter holds, and it has no task filter.
+    Agent,
+    /// It filters on neither tasks nor agents.
+    All,
 }
 
 impl Index {
-    fn candidates<'a>(&'a self, event: &'a Event) -> impl Iterator<Item = &'a Arc<SubShared>> + 'a {
+    fn candidates<'a>(&'a self, event: &'a Event) -> impl Iterator<Item = (&'a Arc<SubShared>, Via)> + 'a {
         let by_task = event
             .task_id
             .as_ref()
             .and_then(|t| self.by_task.get(t))
             .into_iter()
-            .flatten();
+            .flatten()
+            .map(|sub| (sub, Via::Task));
         let by_agent = event
             .agent_id
             .as_ref()
             .and_then(|a| self.by_agent.get(a))
             .into_iter()
-            .flatten();
+            .flatten()
+            .map(|sub| (sub, Via::Agent));
         by_task
             .chain(by_agent)
-            .chain(self.all.iter())
-            .filter_map(|id| self.subs.get(id))
+            .chain(self.all.values().map(|sub| (sub, Via::All)))
     }
 }
 
@@ -268,14 +300,14 @@ impl Hub {
         let filter = &shared.matcher.filter;
         if !filter.task_ids.is_empty() {
             for task in &shared.matcher.task_ids {
-                index.by_task.entry(task.clone()).or_default().push(id);
+                index.by_task.entry(task.clone()).or_default().push(shared.clone());
             }
         } else if !filter.agent_ids.is_empty() {
             for agent in &shared.matcher.agent_ids {
-                index.by_agent.entry(agent.clone()).or_default().push(id);
+                index.by_agent.entry(agent.clone()).or_default().push(shared.clone());
             }
         } else {
-            index.all.insert(id);
+            index.all.insert(id, shared.clone());
         }
         index.subs.insert(id, shared.clone());
         self.counters.active.fetch_add(1, Ordering::Relaxed);
@@ -290,10 +322,10 @@ impl Hub {
             return;
         }
         let id = shared.id;
-        let remove = |map: &mut HashMap<String, Vec<u64>>, key: &String| {
-            if let Some(ids) = map.get_mut(key) {
-                ids.retain(|x| *x != id);
-                if ids.is_empty() {
+        let remove = |map: &mut HashMap<String, Vec<Arc<SubShared>>>, key: &String| {
+            if let Some(subs) = map.get_mut(key) {
+                subs.retain(|sub| sub.id != id);
+                if subs.is_empty() {
                     map.remove(key);
                 }
             }
@@ -334,8 +366,9 @@ impl Hub {
         let mut woken: HashSet<u64> = HashSet::new();
         let index = lock(&self.index);
         for event in events {
-            for sub in index.candidates(event) {
-                if !sub.matcher.matches(event) {
+            for (sub, via) in index.candidates(event) {
+                debug_assert_eq!(sub.matcher.matches_via(event, via), sub.matcher.matches(event));
+                if !sub.matcher.matches_via(event, via) {
                     continue;
                 }
                 let mut inbox = sub.inbox();

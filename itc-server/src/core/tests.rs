@@ -1015,3 +1015,70 @@ async fn batches_share_tasks_and_never_see_later_changes() {
     // Each change copied the task the store still held, so each batch kept its own.
     assert!(!Arc::ptr_eq(&kept[0], &kept[1]) && !Arc::ptr_eq(&kept[1], &kept[2]));
 }
+
+/// Live delivery through the subscription index honours the whole filter: a task filter
+/// with an agent filter, with types, an agent filter with types, and types alone each
+/// get exactly their events.
+#[tokio::test(start_paused = true)]
+async fn indexed_delivery_applies_every_part_of_the_filter() {
+    let core = core();
+    let subscribe = |task_ids: &[&str], agent_ids: &[&str], event_types: &[EventType]| {
+        core.subscribe(SubscribeRequest {
+            filter: Filter {
+                task_ids: task_ids.iter().map(|s| s.to_string()).collect(),
+                agent_ids: agent_ids.iter().map(|s| s.to_string()).collect(),
+                event_types: event_types.to_vec(),
+            },
+            after_seq: None,
+            snapshot: false,
+            session_id: None,
+        })
+        .unwrap()
+    };
+    let mut subs = vec![
+        subscribe(&["a1"], &["agent-b"], &[]),
+        subscribe(&["a1", "b1"], &["agent-b"], &[]),
+        subscribe(&["b1"], &[], &[EventType::TaskProgress]),
+        subscribe(&[], &["agent-a"], &[EventType::TaskProgress]),
+        subscribe(&[], &[], &[EventType::RealTimeUpdate]),
+    ];
+    let start = |id: &str, agent: &str| NewTask {
+        agent_id: agent.into(),
+        ..new_task(id)
+    };
+    core.start_task(start("a1", "agent-a")).await.unwrap();
+    core.start_task(start("b1", "agent-b")).await.unwrap();
+    core.report_progress("a1", 0.5, "a".into()).await.unwrap();
+    core.publish_update("b1", map(json!({"k": 1}))).await.unwrap();
+    core.report_progress("b1", 0.5, "b".into()).await.unwrap();
+
+    let mut got = Vec::new();
+    for sub in &mut subs {
+        // Everything published is visible now; the idle heartbeat (virtual time) marks
+        // the end of what this subscription receives.
+        let mut events = Vec::new();
+        'reading: loop {
+            for item in sub.next_batch().await.unwrap().unwrap() {
+                match item {
+                    StreamItem::Event(e) => events.push((e.task_id.clone().unwrap_or_default(), e.kind)),
+                    StreamItem::Heartbeat { .. } => break 'reading,
+                    _ => {}
+                }
+            }
+        }
+        got.push(events);
+    }
+    let b1 = |kind| ("b1".to_owned(), kind);
+    assert_eq!(got[0], vec![], "a1 is not agent-b's");
+    assert_eq!(
+        got[1],
+        vec![
+            b1(EventType::TaskStarted),
+            b1(EventType::RealTimeUpdate),
+            b1(EventType::TaskProgress)
+        ]
+    );
+    assert_eq!(got[2], vec![b1(EventType::TaskProgress)]);
+    assert_eq!(got[3], vec![("a1".to_owned(), EventType::TaskProgress)]);
+    assert_eq!(got[4], vec![b1(EventType::RealTimeUpdate)]);
+}
