@@ -279,3 +279,82 @@ async fn servers_in_one_process_count_apart() {
     quiet.stop().await.unwrap();
     counted.stop().await.unwrap();
 }
+
+/// The sessions gauge follows every way a session ends or changes: a takeover with another
+/// kind moves it between kinds, a disconnect and an expired lease take it down.
+#[tokio::test]
+async fn the_sessions_gauge_goes_down_as_sessions_end() {
+    let server = TestServer::start_with_metrics(common::memory()).await;
+    let metrics = server.metrics_addr.unwrap();
+    let mut sessions = SessionServiceClient::new(server.channel().await);
+    let connect = |id: &str, kind: pb::SessionKind, lease_ms: Option<i32>| pb::ConnectRequest {
+        session_id: id.into(),
+        kind: kind as i32,
+        capabilities: Some(pb::Capabilities::default()),
+        lease_ttl: lease_ms.map(|ms| prost_types::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        }),
+    };
+    let gauge = |text: &str, kind: &str| value(text, "itc_sessions", &[("kind", kind)]);
+
+    sessions
+        .connect(connect("s1", pb::SessionKind::Supervisor, None))
+        .await
+        .unwrap();
+    scrape_until(metrics, "one supervisor", |t| gauge(t, "SUPERVISOR") == Some(1.0)).await;
+
+    // The same id comes back as a human: the session is taken over and changes kind.
+    sessions
+        .connect(connect("s1", pb::SessionKind::Human, None))
+        .await
+        .unwrap();
+    let text = scrape_until(metrics, "the supervisor became a human", |t| {
+        gauge(t, "SUPERVISOR") == Some(0.0) && gauge(t, "HUMAN") == Some(1.0)
+    })
+    .await;
+    assert_eq!(gauge(&text, "AGENT"), Some(0.0), "{text}");
+
+    sessions
+        .disconnect(pb::DisconnectRequest {
+            session_id: "s1".into(),
+        })
+        .await
+        .unwrap();
+    scrape_until(metrics, "the human disconnected", |t| gauge(t, "HUMAN") == Some(0.0)).await;
+
+    // Two agents; the one that never heartbeats loses its 100 ms lease, the other stays.
+    let mut ends = MonitorServiceClient::new(server.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            filter: Some(pb::SubscriptionFilter {
+                event_types: vec![pb::EventType::CoordinatorDisconnected as i32],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(common::next_event(&mut ends).await.r#type(), pb::EventType::StreamStart);
+    sessions
+        .connect(connect("a2", pb::SessionKind::Agent, None))
+        .await
+        .unwrap();
+    sessions
+        .connect(connect("a1", pb::SessionKind::Agent, Some(100)))
+        .await
+        .unwrap();
+    let expired = next_logged(&mut ends).await;
+    assert_eq!(expired.r#type(), pb::EventType::CoordinatorDisconnected);
+    let Some(pb::event::Detail::Session(detail)) = expired.detail else {
+        panic!("a session event: {expired:?}");
+    };
+    assert_eq!(detail.session.as_ref().map(|s| s.session_id.as_str()), Some("a1"));
+    assert_eq!(detail.reason(), pb::SessionEndReason::LeaseExpired);
+    let text = scrape(metrics).await;
+    assert_eq!(gauge(&text, "AGENT"), Some(1.0), "a2 is still connected: {text}");
+    for kind in ["SUPERVISOR", "HUMAN", "COORDINATOR_AGENT"] {
+        assert_eq!(gauge(&text, kind), Some(0.0), "{kind}: {text}");
+    }
+    server.stop().await.unwrap();
+}

@@ -91,7 +91,8 @@ pub(crate) async fn get_status(server: &Server, tasks: usize, bounds: Bounds) ->
 }
 
 /// Coordinate (BOOST_PRIORITY, each call taking the task's lock for itself) on `tasks`
-/// tasks, worker `w` steering tasks `w`, `w + in_flight`, …: the figures and the sizes.
+/// tasks, worker `w` steering tasks `w`, `w + in_flight`, … of its own (workers share
+/// tasks only when there are fewer tasks than workers): the figures and the sizes.
 pub(crate) async fn coordinate(server: &Server, tasks: usize, bounds: Bounds) -> Result<(Figures, Sizes), BenchError> {
     let channel = one_channel(server).await?;
     let ids = drive::start_tasks(server, &channel, "bench-steered", tasks).await?;
@@ -127,7 +128,8 @@ pub(crate) async fn coordinate(server: &Server, tasks: usize, bounds: Bounds) ->
     };
     let in_flight = bounds.in_flight;
     let load = drive::closed_loop(in_flight, bounds.duration, bounds.max_calls, move |worker, i| {
-        let slots = ids.len().div_ceil(in_flight).max(1);
+        // Whole rounds only: a last, partial round would wrap onto other workers' tasks.
+        let slots = (ids.len() / in_flight).max(1);
         let task = &ids[(worker + in_flight * (i as usize % slots)) % ids.len()];
         call_unread(
             channel.clone(),
