@@ -369,6 +369,25 @@ async fn replay_reads_the_store_past_the_ring() {
     assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
 }
 
+/// The parts of a test store other than `commit`: its name, and reads from its `inner`
+/// in-memory store.
+macro_rules! reads_from_inner {
+    ($name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
+            self.inner.recover()
+        }
+        fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
+            self.inner.read_events(after_seq, limit)
+        }
+        fn oldest_seq(&self) -> u64 {
+            self.inner.oldest_seq()
+        }
+    };
+}
+
 /// A store whose commits complete only when the test lets them: the window in which a
 /// batch is appended but not yet durable, which the in-memory store never shows.
 #[derive(Debug)]
@@ -378,12 +397,7 @@ struct GatedStore {
 }
 
 impl Store for GatedStore {
-    fn name(&self) -> &'static str {
-        "gated"
-    }
-    fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
-        self.inner.recover()
-    }
+    reads_from_inner!("gated");
     fn commit(&self, batch: Batch) -> Commit {
         let done = self.inner.commit(batch);
         let gate = self.gate.clone();
@@ -393,12 +407,6 @@ impl Store for GatedStore {
             }
             done.await
         })
-    }
-    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
-        self.inner.read_events(after_seq, limit)
-    }
-    fn oldest_seq(&self) -> u64 {
-        self.inner.oldest_seq()
     }
 }
 
@@ -880,12 +888,7 @@ struct FailingStore {
 }
 
 impl Store for FailingStore {
-    fn name(&self) -> &'static str {
-        "failing"
-    }
-    fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
-        self.inner.recover()
-    }
+    reads_from_inner!("failing");
     fn commit(&self, batch: Batch) -> Commit {
         let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if n >= self.fail_from {
@@ -894,12 +897,6 @@ impl Store for FailingStore {
             ))));
         }
         self.inner.commit(batch)
-    }
-    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
-        self.inner.read_events(after_seq, limit)
-    }
-    fn oldest_seq(&self) -> u64 {
-        self.inner.oldest_seq()
     }
 }
 
@@ -936,24 +933,13 @@ struct KeepingStore {
 }
 
 impl Store for KeepingStore {
-    fn name(&self) -> &'static str {
-        "keeping"
-    }
-    fn recover(&self) -> Result<Recovered, crate::store::StoreError> {
-        self.inner.recover()
-    }
+    reads_from_inner!("keeping");
     fn commit(&self, batch: Batch) -> Commit {
         self.upserts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(batch.upserts.iter().cloned());
         self.inner.commit(batch)
-    }
-    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, crate::store::StoreError> {
-        self.inner.read_events(after_seq, limit)
-    }
-    fn oldest_seq(&self) -> u64 {
-        self.inner.oldest_seq()
     }
 }
 
@@ -971,30 +957,10 @@ async fn batches_share_tasks_and_never_see_later_changes() {
     core.report_progress("t", 0.25, "a quarter".into()).await.unwrap();
     core.publish_update("t", map(json!({"k": 1}))).await.unwrap();
     // Cancelling by command admits the command and finishes the task in one operation.
-    core.connect(ConnectRequest {
-        session_id: "boss".into(),
-        kind: SessionKind::Supervisor,
-        capabilities: Capabilities {
-            task_coordination: true,
-            ..Capabilities::default()
-        },
-        lease_ttl: None,
-    })
-    .await
-    .unwrap();
-    core.coordinate(CoordinateRequest {
-        task_id: "t".into(),
-        coordinator_id: "boss".into(),
-        action: CommandAction::Cancel,
-        data: None,
-        fencing_token: 0,
-        expected_version: None,
-        idempotency_key: None,
-        wait: CommandWait::Admitted,
-        wait_timeout: None,
-    })
-    .await
-    .unwrap();
+    session(&core, "boss", SessionKind::Supervisor).await;
+    core.coordinate(coordinate("t", "boss", CommandAction::Cancel))
+        .await
+        .unwrap();
     let kept = store.upserts.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let seen: Vec<(u64, f64, TaskStatus)> = kept.iter().map(|t| (t.version, t.progress, t.status)).collect();
     let last = kept.last().unwrap();
