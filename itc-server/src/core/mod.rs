@@ -267,15 +267,17 @@ struct Tx {
 impl Tx {
     /// Records that `task` changed: the batch will write it as the operation leaves it.
     fn changed(&mut self, task: &Task) {
-        if !self.changed.contains(&task.create_seq) {
-            self.changed.push(task.create_seq);
-        }
+        self.changed.push(task.create_seq);
     }
 
-    /// Adds the changed tasks to the batch as `state` holds them now. A task forgotten
-    /// within the same operation is not written (its removal is in the batch).
+    /// Adds the changed tasks to the batch as `state` holds them now, each once. A task
+    /// forgotten within the same operation is not written (its removal is in the batch).
     fn take_changed(&mut self, state: &State) {
-        for seq in std::mem::take(&mut self.changed) {
+        let mut changed = std::mem::take(&mut self.changed);
+        // Operations such as interrupt-all change thousands of tasks: no per-call scan.
+        changed.sort_unstable();
+        changed.dedup();
+        for seq in changed {
             if let Some(task) = state.tasks.get(&seq) {
                 self.batch.upserts.push(task.clone());
             }
@@ -616,7 +618,11 @@ impl Drop for Publication {
                     core.committed(last_seq, &publish, &result);
                 });
             }
-            Err(_) => tracing::error!(last_seq, "a commit was abandoned outside a runtime"),
+            Err(_) => tracing::error!(
+                last_seq,
+                "a commit's outcome was abandoned outside a runtime: a store that does not publish by itself \
+                 leaves the batch unpublished, and a failure would not stop the server"
+            ),
         }
     }
 }

@@ -602,7 +602,9 @@ pub struct Event {
     /// Typed detail.
     pub detail: EventDetail,
     /// Its encoding for subscribers, made once (keyed by `seq`) and shared by every
-    /// stream that sends the event (not stored). An appended event never changes.
+    /// stream that sends the event from the hub's recent log (not stored; an event read
+    /// back from the store is encoded again for its reader). An appended event never
+    /// changes.
     #[serde(skip)]
     pub wire: WireCache,
 }

@@ -359,10 +359,18 @@ impl State {
                 EventType::TaskCancelled
             }
         };
-        let snapshot = Box::new(task.clone());
+        tx.changed(task);
+        let create_seq = task.create_seq;
+        // The state's own task, as finished (shared with the batch, not copied). It was
+        // just changed in place, so it is there; the error only keeps this panic-free.
+        let Some(task) = self.tasks.get(&create_seq).cloned() else {
+            return Err(CoreError::TaskNotFound {
+                task_id: task_id.to_owned(),
+            });
+        };
+        let snapshot = Box::new((*task).clone());
         let (coordinator, command) = cause.unzip();
-        tx.event_by(kind, task, EventDetail::Task(snapshot), None, coordinator, command);
-        let task = Arc::new(task.clone());
+        tx.event_by(kind, &task, EventDetail::Task(snapshot), None, coordinator, command);
         match kind {
             EventType::TaskCompleted => self.counters.tasks_completed += 1,
             EventType::TaskFailed => self.counters.tasks_failed += 1,
@@ -382,7 +390,6 @@ impl State {
             self.keep_closed_input(tx, input);
         }
         self.finished.push_back(task.create_seq);
-        tx.batch.upserts.push(task.clone());
         while self.finished.len() > max_finished {
             let Some(old) = self.finished.pop_front() else {
                 break;

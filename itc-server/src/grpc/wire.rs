@@ -338,19 +338,20 @@ mod tests {
             })
             .unwrap();
         let mut events = Vec::new();
-        while events.len() < head as usize {
-            let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch())
-                .await
-                .expect("the log replays within 10 s")
-                .expect("the stream is open")
-                .unwrap();
-            for item in batch {
-                match item {
-                    crate::core::StreamItem::Event(e) => events.push(e),
-                    other => assert!(matches!(convert::stream_item_wire(other), SubscribeWire::Message(_))),
+        let replay = async {
+            while events.len() < head as usize {
+                let batch = subscription.next_batch().await.expect("the stream is open").unwrap();
+                for item in batch {
+                    match item {
+                        crate::core::StreamItem::Event(e) => events.push(e),
+                        other => assert!(matches!(convert::stream_item_wire(other), SubscribeWire::Message(_))),
+                    }
                 }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(10), replay)
+            .await
+            .expect("the whole log replays within 10 s");
         let mut kinds = std::collections::HashSet::new();
         for event in &events {
             kinds.insert(event.kind);

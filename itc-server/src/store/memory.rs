@@ -61,6 +61,10 @@ impl Store for MemoryStore {
                 .enumerate()
                 .all(|(i, e)| e.seq == log.head_seq + 1 + i as u64);
             if contiguous {
+                // The hub's own `Arc`s: an event streamed from the hub keeps its wire
+                // encoding here too, for as long as this log retains it (a copy of each
+                // event would spare that memory, but cost 8% of the in-memory fan-out rate
+                // at one subscriber, measured; the durable store keeps no encodings).
                 for event in batch.events {
                     log.head_seq = event.seq;
                     log.events.push_back(event);

@@ -599,7 +599,8 @@ impl Store for SqliteStore {
         if let Some(thread) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
             // The writer runs the core's publishing work, which may hold the last
             // reference to this store: then it is the writer dropping it, and it stops on
-            // its own once the queue is closed.
+            // its own once the queue is closed (it has nothing left to write, though its
+            // connection stays open until it returns, just after the lock below is freed).
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
@@ -691,15 +692,21 @@ mod tests {
     /// `durable_seq`) and before its commit resolves, once; a failed batch's never runs.
     #[tokio::test]
     async fn after_commit_runs_once_when_durable_and_never_for_a_failed_batch() {
+        use futures_util::FutureExt;
         use std::sync::atomic::AtomicUsize;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(options(dir.path())).unwrap());
         let (runs, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+        // The work holds the writer until the test has looked at the commit.
+        let (started, has_started) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
         let after = {
             let (runs, seen, store) = (runs.clone(), seen.clone(), store.clone());
             AfterCommit::new(move || {
                 runs.fetch_add(1, Ordering::SeqCst);
                 seen.store(store.durable_seq(), Ordering::SeqCst);
+                let _ = started.send(());
+                let _ = released.recv();
             })
         };
         let batch = Batch {
@@ -707,9 +714,18 @@ mod tests {
             after_commit: after.clone(),
             ..Batch::default()
         };
-        store.commit(batch).await.unwrap();
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "ran before the commit resolved");
-        assert_eq!(seen.load(Ordering::SeqCst), 1, "with the batch durable");
+        let mut commit = store.commit(batch);
+        tokio::task::spawn_blocking(move || has_started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            (&mut commit).now_or_never().is_none(),
+            "the commit resolves only after the work"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the work sees the batch durable");
+        release.send(()).unwrap();
+        commit.await.unwrap();
         after.run();
         assert_eq!(runs.load(Ordering::SeqCst), 1, "runs once");
 
