@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::CoreError;
 use crate::metrics::Metrics;
-use crate::store::{AfterCommit, Batch, Commit, MemoryStore, Recovered, Store, StoreError};
+use crate::store::{Batch, Commit, MemoryStore, Recovered, Store, StoreError};
 
 mod commands;
 mod control;
@@ -462,7 +462,7 @@ impl Core {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(CoreError::ShuttingDown);
         }
-        let (value, commit, last_seq, publish): (T, Commit, u64, AfterCommit) = {
+        let (value, commit, last_seq, wake, commands_changed): (T, Commit, u64, _, bool) = {
             let mut state = self.state();
             let mut tx = Tx {
                 next_seq: state.head_seq + 1,
@@ -488,48 +488,49 @@ impl Core {
                         | EventType::CoordinationTimedOut
                 )
             });
-            let last_seq = state.head_seq;
-            let core = self.clone();
-            let publish = AfterCommit::new(move || core.published(last_seq, wake, commands_changed));
-            tx.batch.after_commit = publish.clone();
-            (value, self.inner.store.commit(tx.batch), last_seq, publish)
+            (
+                value,
+                self.inner.store.commit(tx.batch),
+                state.head_seq,
+                wake,
+                commands_changed,
+            )
         };
         Publication {
             core: self.clone(),
             commit: Some(commit),
             last_seq,
-            publish,
+            wake,
+            commands_changed,
         }
         .finish()
         .await?;
         Ok(value)
     }
 
-    /// A batch is durable: subscribers may read it (run once per batch, by the store's
-    /// writer or by the writing task, through the batch's [`AfterCommit`]).
-    fn published(&self, last_seq: u64, wake: Vec<Arc<hub::SubShared>>, commands_changed: bool) {
-        // After a failure nothing more is published: a later batch must not make the lost
-        // one's events visible.
-        if *self.inner.failed.borrow() {
-            return;
-        }
-        // Publish as far as is durable: the batches committed in the same group become
-        // visible together, and subscribers wake once for them all.
-        let durable = self.inner.store.durable_seq().max(last_seq);
-        self.inner.hub.publish(durable, wake);
-        if commands_changed {
-            self.inner.commands_changed.notify_waiters();
-        }
-    }
-
-    /// A batch reached its end in the store: durable, it is published (unless the store
-    /// did so already); failed, the server can no longer promise durability and refuses
-    /// further writes.
-    fn committed(&self, last_seq: u64, publish: &AfterCommit, result: &Result<(), StoreError>) {
+    /// A batch reached its end in the store: durable, subscribers may read it; failed,
+    /// the server can no longer promise durability and refuses further writes.
+    fn committed(
+        &self,
+        last_seq: u64,
+        wake: Vec<Arc<hub::SubShared>>,
+        commands_changed: bool,
+        result: &Result<(), StoreError>,
+    ) {
         match result {
-            Ok(()) => publish.run(),
+            // After a failure nothing more is published: a later batch must not make the
+            // lost one's events visible.
+            Ok(()) if !*self.inner.failed.borrow() => {
+                // Publish as far as is durable: the batches committed in the same group
+                // become visible together, and subscribers wake once for them all.
+                let durable = self.inner.store.durable_seq().max(last_seq);
+                self.inner.hub.publish(durable, wake);
+                if commands_changed {
+                    self.inner.commands_changed.notify_waiters();
+                }
+            }
+            Ok(()) => {}
             Err(e) => {
-                publish.cancel();
                 tracing::error!(error = %e, last_seq, "store commit failed; refusing further writes");
                 self.inner.closed.store(true, Ordering::SeqCst);
                 self.inner.failed.send_replace(true);
@@ -586,8 +587,8 @@ struct Publication {
     core: Core,
     commit: Option<Commit>,
     last_seq: u64,
-    /// Publishes the batch's events (shared with the batch: whoever runs it first).
-    publish: AfterCommit,
+    wake: Vec<Arc<hub::SubShared>>,
+    commands_changed: bool,
 }
 
 impl Publication {
@@ -599,7 +600,8 @@ impl Publication {
         };
         let result = commit.await;
         self.commit = None;
-        self.core.committed(self.last_seq, &self.publish, &result);
+        let wake = std::mem::take(&mut self.wake);
+        self.core.committed(self.last_seq, wake, self.commands_changed, &result);
         result
     }
 }
@@ -610,19 +612,15 @@ impl Drop for Publication {
             return;
         };
         let core = self.core.clone();
-        let (last_seq, publish) = (self.last_seq, self.publish.clone());
+        let (last_seq, wake, changed) = (self.last_seq, std::mem::take(&mut self.wake), self.commands_changed);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     let result = commit.await;
-                    core.committed(last_seq, &publish, &result);
+                    core.committed(last_seq, wake, changed, &result);
                 });
             }
-            Err(_) => tracing::error!(
-                last_seq,
-                "a commit's outcome was abandoned outside a runtime: a store that does not publish by itself \
-                 leaves the batch unpublished, and a failure would not stop the server"
-            ),
+            Err(_) => tracing::error!(last_seq, "a commit was abandoned outside a runtime"),
         }
     }
 }

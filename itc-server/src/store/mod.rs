@@ -46,46 +46,6 @@ pub struct Batch {
     pub closed_inputs: Vec<InputRequest>,
     /// Service-wide values to keep (`global_interrupt`, `interactions`).
     pub meta: Vec<(&'static str, i64)>,
-    /// What to do once the batch is durable (the core publishes its events). A store that
-    /// commits on a thread of its own runs it there, right after the commit and before
-    /// resolving the batch's [`Commit`], so that subscribers hear of the events without
-    /// waiting for the writing task to be scheduled again. It never runs for a batch that
-    /// failed.
-    pub after_commit: AfterCommit,
-}
-
-/// Work to run once, by whichever side learns first that its batch is durable: the
-/// store's writer right after the commit, or the caller when the [`Commit`] resolves.
-#[derive(Clone, Default)]
-pub struct AfterCommit(Arc<std::sync::Mutex<Option<Work>>>);
-
-/// The work of an [`AfterCommit`].
-type Work = Box<dyn FnOnce() + Send>;
-
-impl AfterCommit {
-    /// Work to run once.
-    pub fn new(work: impl FnOnce() + Send + 'static) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(Some(Box::new(work)))))
-    }
-
-    /// Runs the work if nobody has yet; a second call does nothing.
-    pub fn run(&self) {
-        let work = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(work) = work {
-            work();
-        }
-    }
-
-    /// Drops the work unrun (its batch failed).
-    pub fn cancel(&self) {
-        drop(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
-    }
-}
-
-impl std::fmt::Debug for AfterCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AfterCommit")
-    }
 }
 
 /// Resolves once a batch is durable (or failed to be).

@@ -367,11 +367,7 @@ impl Writer {
             {
                 self.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
             }
-            for (batch, done) in jobs {
-                if result.is_ok() {
-                    // Publish from here: the writing task would only do it once scheduled.
-                    batch.after_commit.run();
-                }
+            for (_, done) in jobs {
                 let _ = done.send(result.clone());
             }
         }
@@ -597,13 +593,7 @@ impl Store for SqliteStore {
         // Closing the queue lets the writer finish what was queued, then stop.
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(thread) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            // The writer runs the core's publishing work, which may hold the last
-            // reference to this store: then it is the writer dropping it, and it stops on
-            // its own once the queue is closed (it has nothing left to write, though its
-            // connection stays open until it returns, just after the lock below is freed).
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+            let _ = thread.join();
         }
         // Nothing more is written: the data dir is free for the next server, even while
         // stray references to this store live on.
@@ -623,7 +613,6 @@ mod tests {
 
     use super::*;
     use crate::core::{EventDetail, EventType};
-    use crate::store::AfterCommit;
 
     fn options(dir: &Path) -> SqliteOptions {
         SqliteOptions {
@@ -686,62 +675,6 @@ mod tests {
         assert!(store.commit(gap).await.is_err());
         assert_eq!(store.recover().unwrap().head_seq, 12);
         assert_eq!(store.durable_seq(), 12, "a failed batch is never reported durable");
-    }
-
-    /// A batch's after-commit work runs once the batch is durable (it sees the batch in
-    /// `durable_seq`) and before its commit resolves, once; a failed batch's never runs.
-    #[tokio::test]
-    async fn after_commit_runs_once_when_durable_and_never_for_a_failed_batch() {
-        use futures_util::FutureExt;
-        use std::sync::atomic::AtomicUsize;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(options(dir.path())).unwrap());
-        let (runs, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
-        // The work holds the writer until the test has looked at the commit.
-        let (started, has_started) = mpsc::channel::<()>();
-        let (release, released) = mpsc::channel::<()>();
-        let after = {
-            let (runs, seen, store) = (runs.clone(), seen.clone(), store.clone());
-            AfterCommit::new(move || {
-                runs.fetch_add(1, Ordering::SeqCst);
-                seen.store(store.durable_seq(), Ordering::SeqCst);
-                let _ = started.send(());
-                let _ = released.recv();
-            })
-        };
-        let batch = Batch {
-            events: vec![event(1)],
-            after_commit: after.clone(),
-            ..Batch::default()
-        };
-        let mut commit = store.commit(batch);
-        tokio::task::spawn_blocking(move || has_started.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            (&mut commit).now_or_never().is_none(),
-            "the commit resolves only after the work"
-        );
-        assert_eq!(seen.load(Ordering::SeqCst), 1, "the work sees the batch durable");
-        release.send(()).unwrap();
-        commit.await.unwrap();
-        after.run();
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "runs once");
-
-        let failed = {
-            let runs = runs.clone();
-            AfterCommit::new(move || {
-                runs.fetch_add(1, Ordering::SeqCst);
-            })
-        };
-        let gap = Batch {
-            events: vec![event(3)],
-            after_commit: failed.clone(),
-            ..Batch::default()
-        };
-        assert!(store.commit(gap).await.is_err());
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "a failed batch publishes nothing");
     }
 
     fn task(id: &str, version: u64) -> Arc<Task> {
