@@ -97,6 +97,15 @@ struct Args {
     #[arg(long, value_name = "PID", requires = "addr")]
     server_pid: Option<u32>,
 
+    /// The durable variant's store: log or sqlite [default: the server's, log].
+    #[arg(long, value_name = "KIND")]
+    store: Option<itc_server::store::StoreKind>,
+
+    /// The durable variant's sync level: full, normal or off [default: the server's,
+    /// normal].
+    #[arg(long, value_name = "LEVEL")]
+    sync: Option<itc_server::store::SyncLevel>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -115,6 +124,12 @@ enum Command {
         /// ITC with the in-memory store.
         #[arg(long)]
         in_memory: bool,
+        /// ITC's durable store.
+        #[arg(long)]
+        store: Option<itc_server::store::StoreKind>,
+        /// ITC's sync level.
+        #[arg(long)]
+        sync: Option<itc_server::store::SyncLevel>,
     },
 }
 
@@ -225,13 +240,21 @@ fn main() -> ExitCode {
             what,
             data_dir,
             in_memory,
-        }) => runtime.block_on(serve(what, data_dir, in_memory)),
+            store,
+            sync,
+        }) => runtime.block_on(serve(what, data_dir, in_memory, store, sync)),
         None => runtime.block_on(bench(args)),
     }
 }
 
 /// The child-process side: serve until stdin closes.
-async fn serve(what: ServeWhat, data_dir: Option<PathBuf>, in_memory: bool) -> ExitCode {
+async fn serve(
+    what: ServeWhat,
+    data_dir: Option<PathBuf>,
+    in_memory: bool,
+    store: Option<itc_server::store::StoreKind>,
+    sync: Option<itc_server::store::SyncLevel>,
+) -> ExitCode {
     // As the itc-server binary logs by default (its spans are part of the cost).
     let filter = tracing_subscriber::EnvFilter::try_from_env("ITC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -279,6 +302,8 @@ async fn serve(what: ServeWhat, data_dir: Option<PathBuf>, in_memory: bool) -> E
             if let Some(dir) = data_dir {
                 settings.data_dir = dir;
             }
+            settings.store = store.unwrap_or(settings.store);
+            settings.sync = sync.unwrap_or(settings.sync);
             itc_server::serve(listener, settings, shutdown)
                 .await
                 .map_err(|e| e.to_string())
@@ -301,7 +326,16 @@ async fn with_server<T>(
 ) -> Result<T, BenchError> {
     let server = match (&args.addr, kind) {
         (Some(url), Kind::External) => Server::external(url.clone(), kind, args.server_pid),
-        _ => Server::spawn(kind).await?,
+        _ => {
+            let mut store = Vec::new();
+            if let Some(kind) = args.store {
+                store.push(format!("--store={}", format!("{kind:?}").to_lowercase()));
+            }
+            if let Some(level) = args.sync {
+                store.push(format!("--sync={}", format!("{level:?}").to_lowercase()));
+            }
+            Server::spawn(kind, &store).await?
+        }
     };
     let result = f(&server).await;
     server.stop().await;

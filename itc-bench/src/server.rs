@@ -15,7 +15,8 @@ use crate::BenchError;
 pub(crate) enum Kind {
     /// The raw tonic baseline.
     Baseline,
-    /// ITC with its durable store (SQLite, `sync = full`) in a fresh temporary directory.
+    /// ITC with its default durable store (the log, `sync = normal`, unless `--store` or
+    /// `--sync` say otherwise) in a fresh temporary directory.
     Durable,
     /// ITC with the in-memory store.
     Memory,
@@ -52,8 +53,9 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `kind` in a child process on an ephemeral loopback port.
-    pub(crate) async fn spawn(kind: Kind) -> Result<Self, BenchError> {
+    /// Starts `kind` in a child process on an ephemeral loopback port; the durable one
+    /// with `store_args` (`--store=…`, `--sync=…`).
+    pub(crate) async fn spawn(kind: Kind, store_args: &[String]) -> Result<Self, BenchError> {
         let exe = std::env::current_exe().map_err(|e| BenchError::Server(format!("cannot find this binary: {e}")))?;
         let mut command = Command::new(exe);
         command.arg("serve");
@@ -72,7 +74,7 @@ impl Server {
                     .prefix("itc-bench-")
                     .tempdir()
                     .map_err(|e| BenchError::Server(format!("cannot make a data dir: {e}")))?;
-                command.arg("itc").arg("--data-dir").arg(dir.path());
+                command.arg("itc").arg("--data-dir").arg(dir.path()).args(store_args);
                 Some(dir)
             }
         };

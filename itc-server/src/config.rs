@@ -85,8 +85,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Keep everything in memory (nothing survives a restart) instead of `data_dir`.
     pub in_memory: bool,
-    /// How hard each group commit syncs to disk.
+    /// Which embedded store keeps the state in `data_dir`.
+    pub store: crate::store::StoreKind,
+    /// When a commit is acknowledged, relative to the disk.
     pub sync: crate::store::SyncLevel,
+    /// With `sync = normal`, the log store syncs to disk this often.
+    pub sync_interval: Duration,
     /// After a restart, live tasks whose agent has not reconnected within this are
     /// flagged ORPHANED.
     pub orphan_grace: Duration,
@@ -118,7 +122,9 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             data_dir: PathBuf::from("itc-data"),
             in_memory: false,
-            sync: crate::store::SyncLevel::Full,
+            store: crate::store::StoreKind::Log,
+            sync: crate::store::SyncLevel::Normal,
+            sync_interval: Duration::from_secs(1),
             orphan_grace: Duration::from_secs(30),
             metrics_listen: None,
         }
@@ -151,7 +157,9 @@ pub struct Overrides {
     pub shutdown_grace: Option<Seconds>,
     pub data_dir: Option<PathBuf>,
     pub in_memory: Option<bool>,
+    pub store: Option<crate::store::StoreKind>,
     pub sync: Option<crate::store::SyncLevel>,
+    pub sync_interval: Option<Seconds>,
     pub orphan_grace: Option<Seconds>,
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -236,7 +244,9 @@ impl Overrides {
             shutdown_grace,
             data_dir,
             in_memory,
+            store,
             sync,
+            sync_interval,
             orphan_grace,
             metrics_listen,
         )
@@ -285,7 +295,9 @@ impl Overrides {
             shutdown_grace: dur(self.shutdown_grace, "shutdown_grace", d.shutdown_grace)?,
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             in_memory: self.in_memory.unwrap_or(d.in_memory),
+            store: self.store.unwrap_or(d.store),
             sync: self.sync.unwrap_or(d.sync),
+            sync_interval: dur(self.sync_interval, "sync_interval", d.sync_interval)?,
             orphan_grace: dur(self.orphan_grace, "orphan_grace", d.orphan_grace)?,
             metrics_listen: self.metrics_listen.or(d.metrics_listen),
         };
@@ -324,6 +336,7 @@ impl Settings {
             ("stall_timeout", self.stall_timeout),
             ("event_retention_age", self.event_retention_age),
             ("orphan_grace", self.orphan_grace),
+            ("sync_interval", self.sync_interval),
         ];
         for (setting, value) in positive {
             if value.is_zero() {
@@ -402,8 +415,10 @@ impl fmt::Display for Settings {
             writeln!(f, "in_memory = true (nothing survives a restart)")?;
         } else {
             writeln!(f, "data_dir = {}", self.data_dir.display())?;
+            writeln!(f, "store = {:?}", self.store)?;
+            writeln!(f, "sync = {:?}", self.sync)?;
+            writeln!(f, "sync_interval = {}", d(self.sync_interval))?;
         }
-        writeln!(f, "sync = {:?}", self.sync)?;
         writeln!(f, "orphan_grace = {}", d(self.orphan_grace))?;
         match self.metrics_listen {
             Some(addr) => write!(f, "metrics_listen = {addr}"),

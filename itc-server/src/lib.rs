@@ -43,7 +43,7 @@ pub mod store;
 use config::Settings;
 use core::{Core, CoreConfig};
 use metrics::Metrics;
-use store::{MemoryStore, SqliteOptions, SqliteStore, Store};
+use store::{LogOptions, LogStore, MemoryStore, SqliteOptions, SqliteStore, Store, StoreKind};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -132,14 +132,30 @@ async fn serve_listeners(
     serve_all(listener, metrics_listener, settings, core, shutdown).await
 }
 
-/// The store the settings ask for: SQLite in `data_dir` (the default) or memory. The
-/// SQLite store records its commits in `metrics`.
+/// The store the settings ask for: the log store in `data_dir` (the default), SQLite
+/// there, or memory. A durable store records its commits in `metrics`.
 pub fn open_store(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Store>, ServeError> {
     if settings.in_memory {
         return Ok(Arc::new(MemoryStore::new(
             settings.event_retention_count,
             settings.event_retention_age,
         )));
+    }
+    if settings.store == StoreKind::Log {
+        let store = LogStore::open_with_metrics(
+            LogOptions {
+                data_dir: settings.data_dir.clone(),
+                sync: settings.sync,
+                sync_interval: settings.sync_interval,
+                retention_count: settings.event_retention_count,
+                retention_age: settings.event_retention_age,
+                segment_bytes: LogOptions::SEGMENT_BYTES,
+            },
+            metrics.store(),
+        )
+        .map_err(ServeError::Store)?;
+        tracing::info!(path = %store.path().display(), sync = ?settings.sync, "embedded store open (log)");
+        return Ok(Arc::new(store));
     }
     let store = SqliteStore::open_with_metrics(
         SqliteOptions {
@@ -152,7 +168,7 @@ pub fn open_store(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Stor
         metrics.store(),
     )
     .map_err(ServeError::Store)?;
-    tracing::info!(path = %store.path().display(), "embedded store open");
+    tracing::info!(path = %store.path().display(), sync = ?settings.sync, "embedded store open (sqlite)");
     Ok(Arc::new(store))
 }
 

@@ -163,8 +163,23 @@ struct Args {
     #[arg(long, env = "ITC_IN_MEMORY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     in_memory: Option<bool>,
 
-    /// Disk sync per group commit: full (survives power loss), normal (survives a crash of
-    /// the process), off [default: full].
+    /// The embedded store in the data dir: log (an append-only log with snapshots) or
+    /// sqlite [default: log].
+    #[arg(long, env = "ITC_STORE", value_name = "KIND")]
+    store: Option<itc_server::store::StoreKind>,
+
+    /// With sync = normal, how often the log store syncs to disk [default: 1].
+    #[arg(
+        long,
+        env = "ITC_SYNC_INTERVAL",
+        value_name = "DURATION",
+        allow_negative_numbers = true
+    )]
+    sync_interval: Option<Seconds>,
+
+    /// When a write is acknowledged: full (after a disk sync; survives a power loss), normal
+    /// (once the OS has it; survives a crash of the server), off (never synced) [default:
+    /// normal].
     #[arg(long, env = "ITC_SYNC", value_name = "LEVEL")]
     sync: Option<itc_server::store::SyncLevel>,
 
@@ -215,7 +230,9 @@ impl Args {
             shutdown_grace: self.shutdown_grace.clone(),
             data_dir: self.data_dir.clone(),
             in_memory: self.in_memory,
+            store: self.store,
             sync: self.sync,
+            sync_interval: self.sync_interval.clone(),
             orphan_grace: self.orphan_grace.clone(),
             metrics_listen: self.metrics_listen,
         }

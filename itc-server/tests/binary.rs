@@ -254,9 +254,19 @@ async fn unusable_data_dirs_are_refused_and_in_memory_writes_nothing() {
     let durable = |cmd: &mut Command| {
         cmd.env_remove("ITC_IN_MEMORY");
     };
+    // The default store does not take a data dir the SQLite store wrote, and says how.
     let mut cmd = server();
     durable(&mut cmd);
     let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("SQLite store") && stderr.contains("--store sqlite"),
+        "{stderr}"
+    );
+    let sqlite = ["--store", "sqlite", "--listen", "127.0.0.1:0"];
+    let mut cmd = server();
+    durable(&mut cmd);
+    let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&data).args(sqlite)).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("newer ITC") && stderr.contains("upgrade itc-server"),
@@ -266,7 +276,7 @@ async fn unusable_data_dirs_are_refused_and_in_memory_writes_nothing() {
     std::fs::write(&db, vec![7u8; 4096]).expect("corrupt it");
     let mut cmd = server();
     durable(&mut cmd);
-    let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"])).await;
+    let (code, stderr) = run_to_end(cmd.arg("--data-dir").arg(&data).args(sqlite)).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("not a usable ITC database"), "{stderr}");
 

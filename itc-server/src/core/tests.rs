@@ -837,16 +837,17 @@ async fn finishing_cancels_open_inputs_with_events() {
 /// reports within `orphan_grace` is flagged ORPHANED; one whose agent reports is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_orphans_tasks_of_agents_that_do_not_come_back() {
-    use crate::store::{SqliteOptions, SqliteStore, SyncLevel};
+    use crate::store::{LogOptions, LogStore, SyncLevel};
     let dir = tempfile::tempdir().unwrap();
     let open = || -> Arc<dyn Store> {
         Arc::new(
-            SqliteStore::open(SqliteOptions {
+            LogStore::open(LogOptions {
                 data_dir: dir.path().to_owned(),
                 sync: SyncLevel::Normal,
+                sync_interval: Duration::from_secs(1),
                 retention_count: 1000,
                 retention_age: Duration::from_secs(3600),
-                group_commit: true,
+                segment_bytes: LogOptions::SEGMENT_BYTES,
             })
             .unwrap(),
         )

@@ -3,22 +3,26 @@
 //! The core owns the working state in memory and hands every change to the store as a
 //! [`Batch`], in the order the changes happened (it calls [`Store::commit`] while still
 //! holding its own lock, so batches arrive in seq order). A call is acknowledged to its
-//! client only once the batch's [`Commit`] resolves. Implementations: [`SqliteStore`]
-//! (the default: embedded, durable, group-committed) and [`MemoryStore`] (nothing
-//! survives the process; it retains the event log for replay). A networked backend is
+//! client only once the batch's [`Commit`] resolves. Implementations: [`LogStore`] (the
+//! default: an embedded append-only log with snapshots, no thread hand-off per commit),
+//! [`SqliteStore`] (embedded SQLite, group-committed by a writer thread) and
+//! [`MemoryStore`] (nothing survives the process; it retains the event log for replay). A networked backend is
 //! another implementation of the same trait (DESIGN §8).
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::core::{Command, Event, InputRequest, Task};
 
+mod log;
 mod memory;
 mod sqlite;
 
+pub use log::{LOG_FORMAT, LogOptions, LogStore};
 pub use memory::MemoryStore;
-pub use sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore, SyncLevel};
+pub use sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore};
 
 /// A storage failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,4 +97,140 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes every queued batch and stops taking new ones (at shutdown). Blocks.
     fn flush(&self) {}
+}
+
+/// When a commit is acknowledged, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncLevel {
+    /// Every commit is synced to disk before it is acknowledged (one sync serves every
+    /// commit that arrived while the previous one ran): survives a power loss.
+    Full,
+    /// A commit is acknowledged once the OS holds it: survives a crash of the server
+    /// (`kill -9`), which is what DESIGN §5.7 promises. The log store syncs every
+    /// `sync_interval`, so a power loss of the machine loses at most about that much;
+    /// SQLite runs `synchronous=NORMAL` (synced at checkpoints). The default.
+    #[default]
+    Normal,
+    /// Never synced by the store (the OS writes back when it likes): for benchmarks and
+    /// throwaway data.
+    Off,
+}
+
+/// Which embedded store keeps a server's state in its data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// [`LogStore`]: an append-only log with snapshots (the default).
+    #[default]
+    Log,
+    /// [`SqliteStore`]: SQLite in WAL mode.
+    Sqlite,
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "log" => Ok(StoreKind::Log),
+            "sqlite" => Ok(StoreKind::Sqlite),
+            other => Err(format!("{other:?} is not a store (log, sqlite)")),
+        }
+    }
+}
+
+impl std::str::FromStr for SyncLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(SyncLevel::Full),
+            "normal" => Ok(SyncLevel::Normal),
+            "off" => Ok(SyncLevel::Off),
+            other => Err(format!("{other:?} is not a sync level (full, normal, off)")),
+        }
+    }
+}
+
+/// Locks `data_dir/LOCK` for this process; another live server holding it is refused.
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| dir_error(&format!("cannot open {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "{} is in use by another itc-server; stop it or choose another --data-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(dir_error(&format!("cannot lock {}", path.display()), e)),
+    }
+}
+
+fn dir_error(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {e}"))
+}
+
+/// Values the stores' tests write.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use crate::core::{Event, EventDetail, EventType, Task};
+
+    pub(crate) fn event(seq: u64) -> Arc<Event> {
+        Arc::new(Event {
+            seq,
+            kind: EventType::RealTimeUpdate,
+            time: SystemTime::now(),
+            task_id: Some("t".into()),
+            agent_id: None,
+            coordinator_id: None,
+            caused_by: None,
+            data: None,
+            task_version: seq,
+            task_status: None,
+            detail: EventDetail::None,
+            wire: Default::default(),
+        })
+    }
+
+    pub(crate) fn task(id: &str, version: u64) -> Arc<Task> {
+        let now = SystemTime::now();
+        Arc::new(Task {
+            id: id.into(),
+            agent_id: "a".into(),
+            description: String::new(),
+            status: crate::core::TaskStatus::Running,
+            progress: 0.0,
+            status_message: format!("v{version}"),
+            metadata: None,
+            priority: 0,
+            plan: crate::core::Plan::default(),
+            version,
+            create_time: now,
+            start_time: None,
+            update_time: now,
+            finish_time: None,
+            controlling_coordinator: None,
+            result: None,
+            error: None,
+            reason: None,
+            stalled: false,
+            orphaned: false,
+            stall_timeout: Duration::from_secs(300),
+            create_seq: 1,
+            lock: None,
+            open_inputs: Vec::new(),
+            open_commands: Vec::new(),
+            last_command: None,
+            wire: Default::default(),
+        })
+    }
 }

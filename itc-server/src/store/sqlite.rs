@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::oneshot;
 
-use super::{Batch, Commit, Recovered, Store, StoreError};
+use super::{Batch, Commit, Recovered, Store, StoreError, SyncLevel, lock_dir};
 use crate::core::{Event, Task};
 use crate::metrics::StoreMetrics;
 
@@ -35,33 +35,6 @@ const APPLICATION_ID: i64 = 0x4954_4331;
 
 /// The most batches one transaction takes.
 const MAX_GROUP: usize = 4096;
-
-/// How hard a commit syncs to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncLevel {
-    /// Every commit is synced before it is acknowledged: survives power loss (default).
-    #[default]
-    Full,
-    /// WAL `synchronous=NORMAL`: survives a crash of the process (`kill -9`), not a
-    /// power loss of the machine.
-    Normal,
-    /// No sync at all: for benchmarks and throwaway data.
-    Off,
-}
-
-impl std::str::FromStr for SyncLevel {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "full" => Ok(SyncLevel::Full),
-            "normal" => Ok(SyncLevel::Normal),
-            "off" => Ok(SyncLevel::Off),
-            other => Err(format!("{other:?} is not a sync level (full, normal, off)")),
-        }
-    }
-}
 
 impl SyncLevel {
     fn pragma(self) -> &'static str {
@@ -183,25 +156,6 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// Locks `data_dir/LOCK` for this process; another live server holding it is refused.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
-            "{} is in use by another itc-server; stop it or choose another --data-dir",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(backend(&format!("cannot lock {}", path.display()), e)),
     }
 }
 
@@ -612,7 +566,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::core::{EventDetail, EventType};
+    use crate::store::testing::{event, task};
 
     fn options(dir: &Path) -> SqliteOptions {
         SqliteOptions {
@@ -622,23 +576,6 @@ mod tests {
             retention_age: Duration::from_secs(3600),
             group_commit: true,
         }
-    }
-
-    fn event(seq: u64) -> Arc<Event> {
-        Arc::new(Event {
-            seq,
-            kind: EventType::RealTimeUpdate,
-            time: SystemTime::now(),
-            task_id: Some("t".into()),
-            agent_id: None,
-            coordinator_id: None,
-            caused_by: None,
-            data: None,
-            task_version: seq,
-            task_status: None,
-            detail: EventDetail::None,
-            wire: Default::default(),
-        })
     }
 
     /// Events written survive reopening; the head continues; retention by count trims the
@@ -675,39 +612,6 @@ mod tests {
         assert!(store.commit(gap).await.is_err());
         assert_eq!(store.recover().unwrap().head_seq, 12);
         assert_eq!(store.durable_seq(), 12, "a failed batch is never reported durable");
-    }
-
-    fn task(id: &str, version: u64) -> Arc<Task> {
-        let now = SystemTime::now();
-        Arc::new(Task {
-            id: id.into(),
-            agent_id: "a".into(),
-            description: String::new(),
-            status: crate::core::TaskStatus::Running,
-            progress: 0.0,
-            status_message: format!("v{version}"),
-            metadata: None,
-            priority: 0,
-            plan: crate::core::Plan::default(),
-            version,
-            create_time: now,
-            start_time: None,
-            update_time: now,
-            finish_time: None,
-            controlling_coordinator: None,
-            result: None,
-            error: None,
-            reason: None,
-            stalled: false,
-            orphaned: false,
-            stall_timeout: Duration::from_secs(300),
-            create_seq: 1,
-            lock: None,
-            open_inputs: Vec::new(),
-            open_commands: Vec::new(),
-            last_command: None,
-            wire: Default::default(),
-        })
     }
 
     /// Commits queued together are written as one group in which each task is written

@@ -1,0 +1,1567 @@
+//! The embedded, durable store (the default): an append-only log of group records, with
+//! snapshots.
+//!
+//! Each [`Batch`] becomes one *record* appended to the current segment file by the
+//! committing call itself, under the store's lock: `[len u32][crc32 u32][entries]`. The
+//! record is the unit of atomicity: at start a record whose checksum fails, or that was
+//! cut short, ends the log there (a torn tail is truncated; damage before the last record
+//! refuses to start). There is no hand-off to another thread on the way to the
+//! acknowledgement, so a commit costs one `write(2)`; how it then reaches the disk is the
+//! [`SyncLevel`]:
+//!
+//! - `full`: the commit resolves once a sync thread's `fdatasync` covers it. Syncs are
+//!   shared by every record written while the previous one ran (group commit).
+//! - `normal` (the default): the commit resolves as soon as the OS holds the record, which
+//!   survives `kill -9` of the server (DESIGN §5.7); the sync thread syncs every
+//!   `sync_interval`, so a power loss of the machine loses at most about that much.
+//! - `off`: synced only at segment rolls' end of life and at shutdown.
+//!
+//! A segment rolls over past `segment_bytes`. A compactor thread then folds the previous
+//! snapshot and the closed segments into a new snapshot (each task as last written, the
+//! kept closed commands and input requests, service values, the head seq) and deletes the
+//! segments that hold no retained event. Recovery loads the newest snapshot and replays
+//! the segments after it; older segments still on disk only serve their events.
+//!
+//! Events are read back by seq through an in-memory index (segment, offset, length and
+//! time of every retained event: 16 bytes each). Bodies are JSON of the core's types, as
+//! in the SQLite store.
+//!
+//! Layout of `data_dir/log/`: `NNNNNNNNNNNNNNNNNNNN.seg` (segments, numbered from 1) and
+//! `NNNNNNNNNNNNNNNNNNNN.snap` (the state before segment N). Each file starts with an
+//! 8-byte magic whose last byte is the format version, and its own number.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::{Batch, Commit, Recovered, Store, StoreError, SyncLevel, lock_dir};
+use crate::core::{Event, Task};
+use crate::metrics::StoreMetrics;
+
+/// The format this build writes (the last byte of each file's magic).
+pub const LOG_FORMAT: u8 = 1;
+const SEGMENT_MAGIC: &[u8; 7] = b"ITCLOG\0";
+const SNAPSHOT_MAGIC: &[u8; 7] = b"ITCSNP\0";
+/// Magic (8 bytes) and the file's number (u64).
+const FILE_HEADER: usize = 16;
+/// A record's length and checksum.
+const RECORD_HEADER: usize = 8;
+/// The largest record read back: anything longer is damage, not data.
+const MAX_RECORD: usize = 1 << 30;
+/// Closed commands and input requests kept (each), as in the SQLite store.
+const KEPT_CLOSED: usize = 10_000;
+/// How often the writer trims events past their age (count retention runs every commit).
+const AGE_CHECK: Duration = Duration::from_secs(1);
+
+/// Entry kinds inside a record: `[kind u8][key_len u16][key][value_len u32][value]`.
+mod kind {
+    /// A task as it is after the change: key id, value JSON.
+    pub(super) const TASK: u8 = 1;
+    /// A task forgotten: key id, empty value.
+    pub(super) const REMOVE: u8 = 2;
+    /// An event: key seq (u64) and time (i64 ms), value JSON.
+    pub(super) const EVENT: u8 = 3;
+    /// A closed command: key id, value JSON.
+    pub(super) const COMMAND: u8 = 4;
+    /// A closed input request: key id, value JSON.
+    pub(super) const INPUT: u8 = 5;
+    /// A service-wide value: key name, value i64.
+    pub(super) const META: u8 = 6;
+    /// (Snapshots only) the head seq: value u64.
+    pub(super) const HEAD: u8 = 7;
+}
+
+/// Options of the log store.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Directory of the store (created if missing); the log lives in its `log/`.
+    pub data_dir: PathBuf,
+    /// When a commit is acknowledged, and how often the log is synced to disk.
+    pub sync: SyncLevel,
+    /// With `sync = normal`: the longest a written record waits for its disk sync.
+    pub sync_interval: Duration,
+    /// Events kept, by count.
+    pub retention_count: usize,
+    /// Events kept, by age.
+    pub retention_age: Duration,
+    /// A segment rolls over once it is this long.
+    pub segment_bytes: u64,
+}
+
+impl LogOptions {
+    /// The default segment size: 64 MiB.
+    pub const SEGMENT_BYTES: u64 = 64 << 20;
+}
+
+/// The log store.
+#[derive(Debug)]
+pub struct LogStore {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    recovered: Mutex<Option<Recovered>>,
+    /// Held while the store is open: one server per data dir (freed by `flush`).
+    dir_lock: Mutex<Option<File>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    sync: SyncLevel,
+    writer: Mutex<Writer>,
+    index: Mutex<Index>,
+    sync_state: Mutex<SyncState>,
+    sync_wake: Condvar,
+    /// How far the log is synced (`full`: commits wait on it).
+    synced: watch::Sender<Synced>,
+    /// The newest seq acknowledged durable.
+    durable: AtomicU64,
+    /// The oldest seq retained.
+    oldest: AtomicU64,
+    metrics: StoreMetrics,
+}
+
+#[derive(Debug, Clone)]
+enum Synced {
+    /// Every byte before this log position is on disk.
+    Upto(u64),
+    /// A sync failed: nothing after it can be promised.
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: Arc<File>,
+    segno: u64,
+    /// Bytes in the current segment.
+    len: u64,
+    /// Log position: bytes appended since the store opened (sync progress is counted in it).
+    lsn: u64,
+    /// The newest seq written.
+    head: u64,
+    buf: Vec<u8>,
+    /// Set by the first failed write: every later batch fails too, so that nothing after
+    /// a lost batch can be acknowledged.
+    failed: Option<StoreError>,
+    closed: bool,
+    segment_bytes: u64,
+    retention_count: u64,
+    retention_age: Duration,
+    age_checked: Option<Instant>,
+    /// Tells the compactor a segment was closed.
+    rolled: Option<mpsc::Sender<u64>>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    current: Arc<File>,
+    /// Closed segments not yet synced.
+    closed: Vec<Arc<File>>,
+    /// A segment was created: the directory needs a sync.
+    dir_dirty: bool,
+    /// Log position and seq written.
+    written_lsn: u64,
+    written_seq: u64,
+    /// The sync thread waits for a write to wake it (it sleeps otherwise).
+    idle: bool,
+    stop: bool,
+}
+
+/// Where a retained event's body is.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: u64,
+    len: u32,
+    time_ms: i64,
+}
+
+#[derive(Debug)]
+struct SegmentEvents {
+    segno: u64,
+    file: Arc<File>,
+    first_seq: u64,
+    spans: Vec<Span>,
+}
+
+impl SegmentEvents {
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.spans.len() as u64
+    }
+}
+
+/// Every retained event's place, contiguous by seq across segments.
+#[derive(Debug, Default)]
+struct Index {
+    segments: VecDeque<SegmentEvents>,
+}
+
+impl Index {
+    fn first_seq(&self) -> Option<u64> {
+        self.segments.front().map(|s| s.first_seq)
+    }
+
+    fn push(&mut self, segno: u64, file: &Arc<File>, seq: u64, span: Span) {
+        match self.segments.back_mut() {
+            Some(last) if last.segno == segno => last.spans.push(span),
+            _ => self.segments.push_back(SegmentEvents {
+                segno,
+                file: file.clone(),
+                first_seq: seq,
+                spans: vec![span],
+            }),
+        }
+    }
+
+    /// Up to `limit` events from seq `from` on.
+    fn locate(&self, from: u64, limit: usize) -> Vec<(Arc<File>, Span)> {
+        let mut out = Vec::new();
+        let start = self.segments.partition_point(|s| s.end_seq() <= from);
+        for segment in self.segments.iter().skip(start) {
+            let skip = from.saturating_sub(segment.first_seq) as usize;
+            for span in segment.spans.iter().skip(skip) {
+                if out.len() >= limit {
+                    return out;
+                }
+                out.push((segment.file.clone(), *span));
+            }
+        }
+        out
+    }
+
+    /// The first seq whose event is not older than `cutoff_ms`.
+    fn first_since(&self, cutoff_ms: i64) -> Option<u64> {
+        let start = self
+            .segments
+            .partition_point(|s| s.spans.last().is_none_or(|last| last.time_ms < cutoff_ms));
+        let segment = self.segments.get(start)?;
+        let at = segment.spans.partition_point(|span| span.time_ms < cutoff_ms);
+        Some(segment.first_seq + at as u64)
+    }
+}
+
+/// The oldest seq to keep: by count, and by age when `age` is given; the newest event
+/// always stays (so that the head survives a restart); never before `oldest`.
+fn retained_from(index: &Index, head: u64, oldest: u64, count: u64, age: Option<Duration>) -> u64 {
+    let mut from = oldest
+        .max(index.first_seq().unwrap_or(head + 1))
+        .max((head + 1).saturating_sub(count));
+    if let Some(age) = age {
+        let cutoff = SystemTime::now().checked_sub(age).map_or(0, millis);
+        from = from.max(index.first_since(cutoff).unwrap_or(head + 1));
+    }
+    if head > 0 { from.min(head) } else { from }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each lock guards values that are consistent between statements; a panic elsewhere
+    // must not stop the store.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn backend(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {e}"))
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:020}.seg"))
+}
+
+fn snapshot_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:020}.snap"))
+}
+
+fn file_header(magic: &[u8; 7], n: u64) -> [u8; FILE_HEADER] {
+    let mut header = [0u8; FILE_HEADER];
+    header[..7].copy_from_slice(magic);
+    header[7] = LOG_FORMAT;
+    header[8..].copy_from_slice(&n.to_le_bytes());
+    header
+}
+
+/// Appends one entry.
+fn put(buf: &mut Vec<u8>, kind: u8, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    let key_len = u16::try_from(key.len()).map_err(|_| backend("encode", "a key longer than 64 KiB"))?;
+    let value_len = u32::try_from(value.len()).map_err(|_| backend("encode", "a value longer than 4 GiB"))?;
+    buf.push(kind);
+    buf.extend_from_slice(&key_len.to_le_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(&value_len.to_le_bytes());
+    buf.extend_from_slice(value);
+    Ok(())
+}
+
+/// Appends one entry whose value is `value` as JSON; returns where the value starts in
+/// `buf` and its length.
+fn put_json(
+    buf: &mut Vec<u8>,
+    kind: u8,
+    key: &[u8],
+    value: &impl serde::Serialize,
+) -> Result<(usize, u32), StoreError> {
+    let key_len = u16::try_from(key.len()).map_err(|_| backend("encode", "a key longer than 64 KiB"))?;
+    buf.push(kind);
+    buf.extend_from_slice(&key_len.to_le_bytes());
+    buf.extend_from_slice(key);
+    let len_at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let start = buf.len();
+    serde_json::to_writer(&mut *buf, value).map_err(|e| backend("encode", e))?;
+    let len = u32::try_from(buf.len() - start).map_err(|_| backend("encode", "a value longer than 4 GiB"))?;
+    buf[len_at..start].copy_from_slice(&len.to_le_bytes());
+    Ok((start, len))
+}
+
+/// One entry of a record.
+struct Entry<'a> {
+    kind: u8,
+    key: &'a [u8],
+    value: &'a [u8],
+    /// Where `value` starts in the record's payload.
+    value_at: usize,
+}
+
+/// The entries of a record's payload (an error names the damage).
+fn entries(payload: &[u8]) -> impl Iterator<Item = Result<Entry<'_>, String>> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= payload.len() {
+            return None;
+        }
+        let entry = (|| {
+            let kind = *payload.get(pos)?;
+            let key_len = u16::from_le_bytes(payload.get(pos + 1..pos + 3)?.try_into().ok()?) as usize;
+            let key_at = pos + 3;
+            let key = payload.get(key_at..key_at + key_len)?;
+            let len_at = key_at + key_len;
+            let value_len = u32::from_le_bytes(payload.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
+            let value_at = len_at + 4;
+            let value = payload.get(value_at..value_at + value_len)?;
+            pos = value_at + value_len;
+            Some(Entry {
+                kind,
+                key,
+                value,
+                value_at,
+            })
+        })();
+        match entry {
+            Some(entry) => Some(Ok(entry)),
+            None => {
+                pos = payload.len();
+                Some(Err("an entry runs past its record".to_owned()))
+            }
+        }
+    })
+}
+
+/// An event entry's seq and time.
+fn event_key(key: &[u8]) -> Result<(u64, i64), String> {
+    match (key.get(..8), key.get(8..16)) {
+        (Some(seq), Some(time)) if key.len() == 16 => Ok((
+            u64::from_le_bytes(seq.try_into().map_err(|_| "event key")?),
+            i64::from_le_bytes(time.try_into().map_err(|_| "event key")?),
+        )),
+        _ => Err(format!("an event key of {} bytes", key.len())),
+    }
+}
+
+fn eight(value: &[u8]) -> Result<[u8; 8], String> {
+    value
+        .try_into()
+        .map_err(|_| format!("a value of {} bytes, not 8", value.len()))
+}
+
+/// Items kept by id, newest last; re-putting an id makes it the newest (as `INSERT OR
+/// REPLACE` did); the oldest beyond [`KEPT_CLOSED`] are dropped.
+#[derive(Debug, Default)]
+struct Kept {
+    next: u64,
+    items: HashMap<Vec<u8>, (u64, Vec<u8>)>,
+}
+
+impl Kept {
+    fn put(&mut self, id: &[u8], body: &[u8]) {
+        self.next += 1;
+        self.items.insert(id.to_vec(), (self.next, body.to_vec()));
+        if self.items.len() > 2 * KEPT_CLOSED {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.items.len() > KEPT_CLOSED {
+            let mut orders: Vec<u64> = self.items.values().map(|(order, _)| *order).collect();
+            orders.sort_unstable();
+            let cutoff = orders[orders.len() - KEPT_CLOSED];
+            self.items.retain(|_, (order, _)| *order >= cutoff);
+        }
+    }
+
+    /// (id, body), oldest first.
+    fn ordered(&mut self) -> Vec<(&[u8], &[u8])> {
+        self.trim();
+        let mut items: Vec<(u64, &[u8], &[u8])> = self
+            .items
+            .iter()
+            .map(|(id, (order, body))| (*order, id.as_slice(), body.as_slice()))
+            .collect();
+        items.sort_unstable_by_key(|(order, _, _)| *order);
+        items.into_iter().map(|(_, id, body)| (id, body)).collect()
+    }
+}
+
+/// The state the records add up to, kept as the raw bodies (nothing is decoded to fold).
+#[derive(Debug, Default)]
+struct Folded {
+    head_seq: u64,
+    tasks: HashMap<Vec<u8>, Vec<u8>>,
+    commands: Kept,
+    inputs: Kept,
+    meta: HashMap<Vec<u8>, i64>,
+}
+
+impl Folded {
+    fn apply(&mut self, payload: &[u8]) -> Result<(), String> {
+        for entry in entries(payload) {
+            let entry = entry?;
+            match entry.kind {
+                kind::TASK => {
+                    self.tasks.insert(entry.key.to_vec(), entry.value.to_vec());
+                }
+                kind::REMOVE => {
+                    self.tasks.remove(entry.key);
+                }
+                kind::EVENT => self.head_seq = self.head_seq.max(event_key(entry.key)?.0),
+                kind::COMMAND => self.commands.put(entry.key, entry.value),
+                kind::INPUT => self.inputs.put(entry.key, entry.value),
+                kind::META => {
+                    self.meta
+                        .insert(entry.key.to_vec(), i64::from_le_bytes(eight(entry.value)?));
+                }
+                kind::HEAD => self.head_seq = self.head_seq.max(u64::from_le_bytes(eight(entry.value)?)),
+                other => return Err(format!("an entry of unknown kind {other}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshot's payload.
+    fn encode(&mut self) -> Result<Vec<u8>, StoreError> {
+        let mut buf = Vec::new();
+        put(&mut buf, kind::HEAD, &[], &self.head_seq.to_le_bytes())?;
+        for (id, body) in &self.tasks {
+            put(&mut buf, kind::TASK, id, body)?;
+        }
+        for (id, body) in self.commands.ordered() {
+            put(&mut buf, kind::COMMAND, id, body)?;
+        }
+        for (id, body) in self.inputs.ordered() {
+            put(&mut buf, kind::INPUT, id, body)?;
+        }
+        for (key, value) in &self.meta {
+            put(&mut buf, kind::META, key, &value.to_le_bytes())?;
+        }
+        Ok(buf)
+    }
+
+    fn decode(mut self) -> Result<Recovered, String> {
+        let mut tasks = Vec::with_capacity(self.tasks.len());
+        for body in self.tasks.values() {
+            tasks.push(serde_json::from_slice::<Task>(body).map_err(|e| format!("a task: {e}"))?);
+        }
+        tasks.sort_by_key(|t| t.create_seq);
+        let closed_commands = self
+            .commands
+            .ordered()
+            .into_iter()
+            .map(|(_, body)| serde_json::from_slice(body).map_err(|e| format!("a command: {e}")))
+            .collect::<Result<_, _>>()?;
+        let closed_inputs = self
+            .inputs
+            .ordered()
+            .into_iter()
+            .map(|(_, body)| serde_json::from_slice(body).map_err(|e| format!("an input request: {e}")))
+            .collect::<Result<_, _>>()?;
+        let meta = self
+            .meta
+            .into_iter()
+            .map(|(key, value)| Ok((String::from_utf8(key).map_err(|_| "a service value's name")?, value)))
+            .collect::<Result<_, String>>()?;
+        Ok(Recovered {
+            tasks,
+            head_seq: self.head_seq,
+            closed_commands,
+            closed_inputs,
+            meta,
+        })
+    }
+}
+
+/// A file's records, as read back.
+struct Scanned {
+    data: Vec<u8>,
+    /// Each record's payload range in `data`.
+    records: Vec<std::ops::Range<usize>>,
+    /// Where the valid part ends; less than `data.len()` when the tail is damaged.
+    valid_len: usize,
+    /// A record before the last fails its checksum.
+    corrupt: bool,
+}
+
+/// Reads a segment or snapshot file and checks its header and every record.
+fn scan(path: &Path, magic: &[u8; 7], n: u64) -> Result<Scanned, String> {
+    let data = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if data.len() < FILE_HEADER {
+        // Created but cut before its header was written: nothing in it.
+        return Ok(Scanned {
+            data,
+            records: Vec::new(),
+            valid_len: 0,
+            corrupt: false,
+        });
+    }
+    if &data[..7] != magic {
+        return Err("it is not an ITC log file".to_owned());
+    }
+    if data[7] > LOG_FORMAT {
+        return Err(format!(
+            "it was written by a newer ITC (log format {}; this build knows up to {LOG_FORMAT}); upgrade itc-server",
+            data[7]
+        ));
+    }
+    let number = u64::from_le_bytes(eight(&data[8..16])?);
+    if number != n {
+        return Err(format!("its header says {number}, its name {n}"));
+    }
+    let mut records = Vec::new();
+    let mut pos = FILE_HEADER;
+    let mut corrupt = false;
+    while let Some(header) = data.get(pos..pos + RECORD_HEADER) {
+        let len = u32::from_le_bytes(four(&header[..4])) as usize;
+        let crc = u32::from_le_bytes(four(&header[4..]));
+        let start = pos + RECORD_HEADER;
+        // Cut short: the end of a write a crash interrupted.
+        let Some(payload) = data.get(start..start + len).filter(|_| len <= MAX_RECORD) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            // A whole record that fails its checksum is damage, unless it is the file's
+            // last (a write the machine lost part of).
+            corrupt = start + len < data.len();
+            break;
+        }
+        records.push(start..start + len);
+        pos = start + len;
+    }
+    Ok(Scanned {
+        data,
+        records,
+        valid_len: pos,
+        corrupt,
+    })
+}
+
+fn four(bytes: &[u8]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    out.copy_from_slice(&bytes[..4]);
+    out
+}
+
+/// Numbers of the files named `NNNN.ext` in `dir`, ascending; stray `.tmp` files (a
+/// snapshot cut short) are removed.
+fn numbered(dir: &Path, ext: &str) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| backend(&format!("cannot list {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| backend(&format!("cannot list {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(n) = name
+            .strip_suffix(ext)
+            .and_then(|n| n.strip_suffix('.'))
+            .and_then(|n| n.parse().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads snapshot `n` into a fold.
+fn read_snapshot(dir: &Path, n: u64) -> Result<Folded, String> {
+    let scanned = scan(&snapshot_path(dir, n), SNAPSHOT_MAGIC, n)?;
+    if scanned.records.len() != 1 || scanned.corrupt || scanned.valid_len != scanned.data.len() {
+        return Err("it is damaged (its checksum fails or it is cut short)".to_owned());
+    }
+    let mut folded = Folded::default();
+    folded.apply(&scanned.data[scanned.records[0].clone()])?;
+    Ok(folded)
+}
+
+/// Writes snapshot `n` (atomically: a temporary file, synced, then renamed).
+fn write_snapshot(dir: &Path, n: u64, folded: &mut Folded) -> Result<(), StoreError> {
+    let payload = folded.encode()?;
+    let len = u32::try_from(payload.len()).map_err(|_| backend("snapshot", "larger than 4 GiB"))?;
+    let path = snapshot_path(dir, n);
+    let tmp = path.with_extension("snap.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&file_header(SNAPSHOT_MAGIC, n))?;
+        file.write_all(&len.to_le_bytes())?;
+        file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
+        file.write_all(&payload)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(dir)
+    };
+    write().map_err(|e| backend(&format!("cannot write {}", path.display()), e))
+}
+
+fn create_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
+    let path = segment_path(dir, n);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| backend(&format!("cannot create {}", path.display()), e))?;
+    file.write_all(&file_header(SEGMENT_MAGIC, n))
+        .map_err(|e| backend(&format!("cannot write {}", path.display()), e))?;
+    Ok(file)
+}
+
+impl LogStore {
+    /// Opens (or creates) the store in `options.data_dir`: reads the newest snapshot and
+    /// the log after it, truncates a torn tail, and starts the sync and compaction threads.
+    pub fn open(options: LogOptions) -> Result<Self, StoreError> {
+        Self::open_with_metrics(options, StoreMetrics::default())
+    }
+
+    /// As [`LogStore::open`], recording each commit (its duration and its events) in
+    /// `metrics`.
+    pub fn open_with_metrics(options: LogOptions, metrics: StoreMetrics) -> Result<Self, StoreError> {
+        let data_dir = &options.data_dir;
+        fs::create_dir_all(data_dir)
+            .map_err(|e| backend(&format!("cannot create data dir {}", data_dir.display()), e))?;
+        let dir_lock = lock_dir(data_dir)?;
+        let dir = data_dir.join("log");
+        let sqlite = data_dir.join("itc.sqlite3");
+        if sqlite.exists() && !dir.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} holds an SQLite store ({}); start with --store sqlite, or point --data-dir elsewhere",
+                data_dir.display(),
+                sqlite.display()
+            )));
+        }
+        fs::create_dir_all(&dir).map_err(|e| backend(&format!("cannot create {}", dir.display()), e))?;
+        let refuse = |what: &Path, e: &str| {
+            StoreError::Backend(format!(
+                "{} cannot be read back: {e}; move the data dir away or point --data-dir elsewhere",
+                what.display()
+            ))
+        };
+
+        let snapshots = numbered(&dir, "snap")?;
+        let segments = numbered(&dir, "seg")?;
+        let base = snapshots.last().copied();
+        let mut folded = match base {
+            Some(n) => read_snapshot(&dir, n).map_err(|e| refuse(&snapshot_path(&dir, n), &e))?,
+            None => Folded::default(),
+        };
+        let mut index = Index::default();
+        // The last segment holding a record: damage after it is a torn tail.
+        let mut last = None;
+        let mut scans = Vec::with_capacity(segments.len());
+        for &n in &segments {
+            let path = segment_path(&dir, n);
+            let scanned = scan(&path, SEGMENT_MAGIC, n).map_err(|e| refuse(&path, &e))?;
+            if !scanned.records.is_empty() {
+                last = Some(n);
+            }
+            scans.push((n, scanned));
+        }
+        let mut events_head: Option<u64> = None;
+        for (n, scanned) in &scans {
+            let path = segment_path(&dir, *n);
+            let damaged = scanned.valid_len < scanned.data.len();
+            if scanned.corrupt {
+                return Err(refuse(
+                    &path,
+                    &format!("the record at byte {} fails its checksum", scanned.valid_len),
+                ));
+            }
+            if damaged && last.is_some_and(|l| l > *n) {
+                return Err(refuse(
+                    &path,
+                    &format!(
+                        "a record at byte {} is damaged and later segments follow",
+                        scanned.valid_len
+                    ),
+                ));
+            }
+            if damaged || scanned.data.len() < FILE_HEADER {
+                // A torn tail (a write cut short by a crash): the batch it held was never
+                // acknowledged. Cut it off so appends continue after the last whole record.
+                let keep = scanned.valid_len.max(FILE_HEADER) as u64;
+                tracing::warn!(path = %path.display(), bytes = scanned.data.len() - scanned.valid_len.min(scanned.data.len()), "truncating a torn tail of the log");
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
+                if scanned.data.len() < FILE_HEADER {
+                    file.set_len(0)
+                        .and_then(|()| file.write_all_at(&file_header(SEGMENT_MAGIC, *n), 0))
+                } else {
+                    file.set_len(keep)
+                }
+                .and_then(|()| file.sync_all())
+                .map_err(|e| backend(&format!("cannot truncate {}", path.display()), e))?;
+            }
+            let file = Arc::new(File::open(&path).map_err(|e| backend(&format!("cannot open {}", path.display()), e))?);
+            for record in &scanned.records {
+                let payload = &scanned.data[record.clone()];
+                if base.is_none_or(|b| *n >= b) {
+                    folded.apply(payload).map_err(|e| refuse(&path, &e))?;
+                }
+                for entry in entries(payload) {
+                    let entry = entry.map_err(|e| refuse(&path, &e))?;
+                    if entry.kind != kind::EVENT {
+                        continue;
+                    }
+                    let (seq, time_ms) = event_key(entry.key).map_err(|e| refuse(&path, &e))?;
+                    if events_head.is_some_and(|h| seq != h + 1) {
+                        return Err(refuse(&path, &format!("event {seq} does not follow {events_head:?}")));
+                    }
+                    events_head = Some(seq);
+                    let span = Span {
+                        offset: (record.start + entry.value_at) as u64,
+                        len: entry.value.len() as u32,
+                        time_ms,
+                    };
+                    index.push(*n, &file, seq, span);
+                }
+            }
+        }
+        let head = folded.head_seq.max(events_head.unwrap_or(0));
+        folded.head_seq = head;
+        let recovered = folded.decode().map_err(|e| refuse(&dir, &e))?;
+
+        // Append to the last segment, or start one.
+        let (segno, file, len) = match segments.last() {
+            Some(&n) if base.is_none_or(|b| n >= b) => {
+                let path = segment_path(&dir, n);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| backend(&format!("cannot read {}", path.display()), e))?
+                    .len();
+                (n, file, len)
+            }
+            _ => {
+                let n = base.unwrap_or(1).max(segments.last().map_or(1, |l| l + 1));
+                let file = create_segment(&dir, n)?;
+                sync_dir(&dir).map_err(|e| backend(&format!("cannot sync {}", dir.display()), e))?;
+                (n, file, FILE_HEADER as u64)
+            }
+        };
+        let file = Arc::new(file);
+        let retention_count = options.retention_count.max(1) as u64;
+        let oldest = retained_from(&index, head, 0, retention_count, Some(options.retention_age));
+        let (rolled, roll_rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            sync: options.sync,
+            writer: Mutex::new(Writer {
+                file: file.clone(),
+                segno,
+                len,
+                lsn: 0,
+                head,
+                buf: Vec::new(),
+                failed: None,
+                closed: false,
+                segment_bytes: options.segment_bytes.max(FILE_HEADER as u64 + 1),
+                retention_count,
+                retention_age: options.retention_age,
+                age_checked: None,
+                rolled: Some(rolled),
+            }),
+            index: Mutex::new(index),
+            sync_state: Mutex::new(SyncState {
+                current: file,
+                closed: Vec::new(),
+                dir_dirty: false,
+                written_lsn: 0,
+                written_seq: head,
+                idle: false,
+                stop: false,
+            }),
+            sync_wake: Condvar::new(),
+            synced: watch::Sender::new(Synced::Upto(0)),
+            durable: AtomicU64::new(head),
+            oldest: AtomicU64::new(oldest),
+            metrics,
+        });
+        let mut threads = Vec::new();
+        let syncer = shared.clone();
+        let interval = options.sync_interval;
+        threads.push(
+            std::thread::Builder::new()
+                .name("itc-log-sync".into())
+                .spawn(move || syncer.run_syncer(interval))
+                .map_err(|e| backend("cannot start the sync thread", e))?,
+        );
+        let compactor = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("itc-log-compact".into())
+                .spawn(move || {
+                    while let Ok(closed) = roll_rx.recv() {
+                        if let Err(e) = compactor.compact(closed) {
+                            // The log still holds everything: the next roll tries again.
+                            tracing::warn!(error = %e, "log compaction failed");
+                        }
+                    }
+                })
+                .map_err(|e| backend("cannot start the compaction thread", e))?,
+        );
+        Ok(Self {
+            dir,
+            shared,
+            threads: Mutex::new(threads),
+            recovered: Mutex::new(Some(recovered)),
+            dir_lock: Mutex::new(Some(dir_lock)),
+        })
+    }
+
+    /// The directory of the log.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Shared {
+    /// Writes `batch` as one record; returns the log position after it.
+    fn append(&self, batch: &Batch) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        let mut w = lock(&self.writer);
+        if let Some(e) = &w.failed {
+            return Err(e.clone());
+        }
+        if w.closed {
+            return Err(StoreError::Closed);
+        }
+        let mut head = w.head;
+        for event in &batch.events {
+            if event.seq != head + 1 {
+                return Err(StoreError::Backend(format!(
+                    "event seq {} does not follow head {head}",
+                    event.seq
+                )));
+            }
+            head = event.seq;
+        }
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        buf.extend_from_slice(&[0; RECORD_HEADER]);
+        let mut spans = Vec::with_capacity(batch.events.len());
+        let encoded = (|| {
+            for event in &batch.events {
+                let time_ms = millis(event.time);
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&event.seq.to_le_bytes());
+                key[8..].copy_from_slice(&time_ms.to_le_bytes());
+                let (at, len) = put_json(&mut buf, kind::EVENT, &key, &**event)?;
+                spans.push((at, len, time_ms));
+            }
+            for task in &batch.upserts {
+                put_json(&mut buf, kind::TASK, task.id.as_bytes(), &**task)?;
+            }
+            for id in &batch.removals {
+                put(&mut buf, kind::REMOVE, id.as_bytes(), &[])?;
+            }
+            for command in &batch.closed_commands {
+                put_json(&mut buf, kind::COMMAND, command.id.as_bytes(), command)?;
+            }
+            for input in &batch.closed_inputs {
+                put_json(&mut buf, kind::INPUT, input.id.as_bytes(), input)?;
+            }
+            for (key, value) in &batch.meta {
+                put(&mut buf, kind::META, key.as_bytes(), &value.to_le_bytes())?;
+            }
+            let len = buf.len() - RECORD_HEADER;
+            if len > MAX_RECORD {
+                return Err(backend("encode", format!("a batch of {len} bytes")));
+            }
+            let crc = crc32fast::hash(&buf[RECORD_HEADER..]);
+            buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            buf[4..RECORD_HEADER].copy_from_slice(&crc.to_le_bytes());
+            Ok(())
+        })();
+        if let Err(e) = encoded {
+            // Nothing was written: the log is intact.
+            w.buf = buf;
+            return Err(e);
+        }
+        if let Err(e) = (&*w.file).write_all(&buf) {
+            let e = backend(&format!("cannot write segment {}", w.segno), e);
+            w.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
+            w.buf = buf;
+            return Err(e);
+        }
+        let at = w.len;
+        w.len += buf.len() as u64;
+        w.lsn += buf.len() as u64;
+        w.head = head;
+        w.buf = buf;
+        if !spans.is_empty() {
+            let first = head + 1 - spans.len() as u64;
+            let mut index = lock(&self.index);
+            for (i, (offset, len, time_ms)) in spans.into_iter().enumerate() {
+                let span = Span {
+                    offset: at + offset as u64,
+                    len,
+                    time_ms,
+                };
+                index.push(w.segno, &w.file, first + i as u64, span);
+            }
+            self.retain(&mut w, &index);
+        }
+        {
+            let mut sync = lock(&self.sync_state);
+            sync.written_lsn = w.lsn;
+            sync.written_seq = head;
+            if std::mem::take(&mut sync.idle) {
+                self.sync_wake.notify_one();
+            }
+        }
+        if self.sync != SyncLevel::Full {
+            self.durable.store(head, Ordering::Release);
+        }
+        let lsn = w.lsn;
+        if w.len >= w.segment_bytes {
+            self.roll(&mut w);
+        }
+        drop(w);
+        if self.sync != SyncLevel::Full {
+            self.metrics.committed(batch.events.len(), started.elapsed());
+        }
+        Ok(lsn)
+    }
+
+    /// Moves the oldest retained seq: by count at every commit, by age once per
+    /// [`AGE_CHECK`]. The newest event always stays.
+    fn retain(&self, w: &mut Writer, index: &Index) {
+        let age = w
+            .age_checked
+            .is_none_or(|at| at.elapsed() >= AGE_CHECK)
+            .then_some(w.retention_age);
+        if age.is_some() {
+            w.age_checked = Some(Instant::now());
+        }
+        let oldest = retained_from(
+            index,
+            w.head,
+            self.oldest.load(Ordering::Acquire),
+            w.retention_count,
+            age,
+        );
+        self.oldest.store(oldest, Ordering::Release);
+    }
+
+    /// Closes the current segment and starts the next; the compactor takes it from there.
+    /// If the next cannot be created, the batch just written stands, and every later one
+    /// fails.
+    fn roll(&self, w: &mut Writer) {
+        let next = w.segno + 1;
+        let file = match create_segment(&self.dir, next) {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot roll the log over");
+                w.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
+                return;
+            }
+        };
+        let closed = std::mem::replace(&mut w.file, file.clone());
+        w.segno = next;
+        w.len = FILE_HEADER as u64;
+        w.lsn += FILE_HEADER as u64;
+        {
+            let mut sync = lock(&self.sync_state);
+            sync.closed.push(closed);
+            sync.current = file;
+            sync.dir_dirty = true;
+            sync.written_lsn = w.lsn;
+            if std::mem::take(&mut sync.idle) {
+                self.sync_wake.notify_one();
+            }
+        }
+        if let Some(rolled) = &w.rolled {
+            let _ = rolled.send(next - 1);
+        }
+    }
+
+    /// Syncs what was written: at once (`full`), every `interval` (`normal`), or at the
+    /// end (`off`, and every level once more at shutdown).
+    fn run_syncer(&self, interval: Duration) {
+        let mut synced_lsn = 0u64;
+        let mut last_sync = Instant::now();
+        loop {
+            let (closed, current, lsn, seq, dir_dirty, stop) = {
+                let mut state = lock(&self.sync_state);
+                loop {
+                    let dirty = state.written_lsn > synced_lsn || !state.closed.is_empty() || state.dir_dirty;
+                    if state.stop {
+                        break;
+                    }
+                    match self.sync {
+                        SyncLevel::Full if dirty => break,
+                        SyncLevel::Normal if dirty => {
+                            let waited = last_sync.elapsed();
+                            if waited >= interval {
+                                break;
+                            }
+                            state = self
+                                .sync_wake
+                                .wait_timeout(state, interval - waited)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
+                        }
+                        // Nothing to sync (or `off`): sleep until a write or the stop.
+                        _ => {
+                            state.idle = self.sync != SyncLevel::Off;
+                            state = self.sync_wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                        }
+                    }
+                }
+                (
+                    std::mem::take(&mut state.closed),
+                    state.current.clone(),
+                    state.written_lsn,
+                    state.written_seq,
+                    std::mem::take(&mut state.dir_dirty),
+                    state.stop,
+                )
+            };
+            let result = closed
+                .iter()
+                .chain(std::iter::once(&current))
+                .try_for_each(|file| file.sync_data())
+                .and_then(|()| if dir_dirty { sync_dir(&self.dir) } else { Ok(()) });
+            last_sync = Instant::now();
+            match result {
+                Ok(()) => {
+                    synced_lsn = lsn;
+                    if self.sync == SyncLevel::Full {
+                        self.durable.fetch_max(seq, Ordering::AcqRel);
+                    }
+                    self.synced.send_replace(Synced::Upto(lsn));
+                }
+                Err(e) => {
+                    // Whatever the kernel failed to write is lost; nothing written after
+                    // it may be acknowledged (a later sync could wrongly succeed).
+                    let message = format!("the store failed earlier: cannot sync the log: {e}");
+                    tracing::error!(error = %e, "cannot sync the log");
+                    lock(&self.writer).failed = Some(StoreError::Backend(message.clone()));
+                    self.synced.send_replace(Synced::Failed(message));
+                    return;
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Writes the snapshot of everything before segment `closed + 1`, then deletes the
+    /// snapshots before it and the segments it covers that hold no retained event.
+    fn compact(&self, closed: u64) -> Result<(), StoreError> {
+        let next = closed + 1;
+        let snapshots = numbered(&self.dir, "snap")?;
+        let base = snapshots.iter().copied().filter(|&n| n <= next).max();
+        if base == Some(next) {
+            return Ok(());
+        }
+        let mut folded = match base {
+            Some(n) => read_snapshot(&self.dir, n).map_err(|e| backend(&format!("snapshot {n}"), e))?,
+            None => Folded::default(),
+        };
+        let segments = numbered(&self.dir, "seg")?;
+        for &n in segments.iter().filter(|&&n| base.is_none_or(|b| n >= b) && n <= closed) {
+            let path = segment_path(&self.dir, n);
+            let scanned = scan(&path, SEGMENT_MAGIC, n).map_err(|e| backend(&path.display().to_string(), e))?;
+            if scanned.corrupt || scanned.valid_len < scanned.data.len() {
+                return Err(backend(&path.display().to_string(), "a closed segment is damaged"));
+            }
+            for record in &scanned.records {
+                folded
+                    .apply(&scanned.data[record.clone()])
+                    .map_err(|e| backend(&path.display().to_string(), e))?;
+            }
+        }
+        write_snapshot(&self.dir, next, &mut folded)?;
+        for n in snapshots.into_iter().filter(|&n| n < next) {
+            let _ = fs::remove_file(snapshot_path(&self.dir, n));
+        }
+        // Segments the snapshot covers whose events are all past retention go; readers
+        // that already hold one keep reading it until they drop it.
+        let oldest = self.oldest.load(Ordering::Acquire);
+        let retained: HashSet<u64> = {
+            let mut index = lock(&self.index);
+            while index
+                .segments
+                .front()
+                .is_some_and(|s| s.segno <= closed && s.end_seq() <= oldest)
+            {
+                index.segments.pop_front();
+            }
+            index.segments.iter().map(|s| s.segno).collect()
+        };
+        for n in segments.into_iter().filter(|&n| n <= closed && !retained.contains(&n)) {
+            let path = segment_path(&self.dir, n);
+            fs::remove_file(&path).map_err(|e| backend(&format!("cannot remove {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Store for LogStore {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        lock(&self.recovered)
+            .take()
+            .ok_or_else(|| StoreError::Backend("the store's state was already read back".to_owned()))
+    }
+
+    fn commit(&self, batch: Batch) -> Commit {
+        let started = Instant::now();
+        let lsn = match self.shared.append(&batch) {
+            Ok(lsn) => lsn,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        if self.shared.sync != SyncLevel::Full {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let mut synced = self.shared.synced.subscribe();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let result = match synced
+                .wait_for(|s| match s {
+                    Synced::Upto(at) => *at >= lsn,
+                    Synced::Failed(_) => true,
+                })
+                .await
+            {
+                Ok(state) => match &*state {
+                    Synced::Upto(_) => Ok(()),
+                    Synced::Failed(message) => Err(StoreError::Backend(message.clone())),
+                },
+                Err(_) => Err(StoreError::Closed),
+            };
+            if result.is_ok() {
+                shared.metrics.committed(batch.events.len(), started.elapsed());
+            }
+            result
+        })
+    }
+
+    fn read_events(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let from = after_seq.saturating_add(1).max(self.oldest_seq());
+        let spans = lock(&self.shared.index).locate(from, limit);
+        let mut events = Vec::with_capacity(spans.len());
+        let mut body = Vec::new();
+        for (file, span) in spans {
+            body.resize(span.len as usize, 0);
+            file.read_exact_at(&mut body, span.offset)
+                .map_err(|e| backend("read events", e))?;
+            let event: Event = serde_json::from_slice(&body).map_err(|e| backend("decode event", e))?;
+            events.push(Arc::new(event));
+        }
+        Ok(events)
+    }
+
+    fn oldest_seq(&self) -> u64 {
+        self.shared.oldest.load(Ordering::Acquire)
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    fn flush(&self) {
+        {
+            let mut w = lock(&self.shared.writer);
+            w.closed = true;
+            // The compactor finishes the snapshot it is writing, then stops.
+            w.rolled = None;
+        }
+        lock(&self.shared.sync_state).stop = true;
+        self.shared.sync_wake.notify_all();
+        for thread in lock(&self.threads).drain(..) {
+            let _ = thread.join();
+        }
+        self.dir_lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Command, CommandAction, CommandState};
+    use crate::store::testing::{event, task};
+
+    fn options(dir: &Path) -> LogOptions {
+        LogOptions {
+            data_dir: dir.to_owned(),
+            sync: SyncLevel::Normal,
+            sync_interval: Duration::from_millis(10),
+            retention_count: 1000,
+            retention_age: Duration::from_secs(3600),
+            segment_bytes: LogOptions::SEGMENT_BYTES,
+        }
+    }
+
+    fn events(batch_seqs: std::ops::RangeInclusive<u64>) -> Batch {
+        Batch {
+            events: batch_seqs.map(event).collect(),
+            ..Batch::default()
+        }
+    }
+
+    fn seqs(store: &LogStore, after: u64, limit: usize) -> Vec<u64> {
+        store.read_events(after, limit).unwrap().iter().map(|e| e.seq).collect()
+    }
+
+    fn last_segment(dir: &Path) -> PathBuf {
+        let log = dir.join("log");
+        segment_path(&log, *numbered(&log, "seg").unwrap().last().unwrap())
+    }
+
+    /// Events written survive reopening, are read back by seq, and the head continues;
+    /// retention by count trims the oldest (also across a restart) but never the newest; a
+    /// gap is refused and writes nothing.
+    #[tokio::test]
+    async fn reopen_keeps_the_log_and_trims_by_count() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(LogOptions {
+                retention_count: 5,
+                ..options(dir.path())
+            })
+            .unwrap();
+            for seq in 1..=12 {
+                store.commit(events(seq..=seq)).await.unwrap();
+                assert_eq!(store.durable_seq(), seq, "durable as soon as its commit resolves");
+            }
+            assert_eq!(store.oldest_seq(), 8);
+            assert_eq!(
+                seqs(&store, 0, 100),
+                vec![8, 9, 10, 11, 12],
+                "nothing before the oldest"
+            );
+        }
+        let store = LogStore::open(LogOptions {
+            retention_count: 3,
+            ..options(dir.path())
+        })
+        .unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 12);
+        assert_eq!(store.oldest_seq(), 10, "retention applies at start too");
+        assert_eq!(seqs(&store, 9, 10), vec![10, 11, 12]);
+        assert_eq!(seqs(&store, 10, 1), vec![11]);
+        let read = store.read_events(11, 1).unwrap();
+        assert_eq!(read[0].kind, crate::core::EventType::RealTimeUpdate, "bodies decode");
+        let gap = events(14..=14);
+        assert!(store.commit(gap).await.is_err());
+        assert_eq!(store.durable_seq(), 12, "a refused batch is never reported durable");
+        store.commit(events(13..=14)).await.unwrap();
+        drop(store);
+        let store = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 14);
+        assert_eq!(seqs(&store, 12, 10), vec![13, 14]);
+    }
+
+    fn command(id: &str) -> Command {
+        let now = SystemTime::now();
+        Command {
+            id: id.into(),
+            idempotency_key: Some(format!("key-{id}")),
+            task_id: "t".into(),
+            coordinator_id: "sup".into(),
+            action: CommandAction::Custom,
+            data: None,
+            state: CommandState::Applied,
+            reason: None,
+            result: None,
+            fencing_token: 0,
+            create_time: now,
+            update_time: now,
+            deadline: now,
+        }
+    }
+
+    /// What the batches add up to comes back: each task as last written (a removal after
+    /// an upsert removes it, an upsert after a removal brings it back), closed commands
+    /// oldest first, service values.
+    #[tokio::test]
+    async fn state_is_each_task_as_last_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let c1 = command("c1");
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            let mut commits = Vec::new();
+            for seq in 1..=50u64 {
+                let mut batch = Batch {
+                    events: vec![event(seq)],
+                    upserts: vec![task("hot", seq)],
+                    ..Batch::default()
+                };
+                match seq {
+                    10 => batch.upserts.push(task("gone", seq)),
+                    20 => batch.removals.push("gone".into()),
+                    30 => batch.removals.push("back".into()),
+                    40 => batch.upserts.push(task("back", seq)),
+                    45 => {
+                        batch.closed_commands.push(c1.clone());
+                        batch.meta.push(("global_interrupt", 1));
+                    }
+                    46 => batch.closed_commands.push(command("c2")),
+                    _ => {}
+                }
+                commits.push(store.commit(batch));
+            }
+            for commit in commits {
+                commit.await.unwrap();
+            }
+        }
+        let store = LogStore::open(options(dir.path())).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.head_seq, 50);
+        let versions: Vec<(String, u64)> = recovered.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
+        assert_eq!(versions.len(), 2, "{versions:?}");
+        assert!(versions.contains(&("hot".into(), 50)), "{versions:?}");
+        assert!(versions.contains(&("back".into(), 40)), "{versions:?}");
+        let ids: Vec<&str> = recovered.closed_commands.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, vec!["c1", "c2"]);
+        assert_eq!(recovered.closed_commands[0], c1, "read back exactly");
+        assert_eq!(recovered.meta.get("global_interrupt"), Some(&1));
+        assert!(store.recover().is_err(), "the state is read back once");
+    }
+
+    /// Small segments roll over; the compactor snapshots the state and deletes segments
+    /// that hold no retained event; a restart reads the snapshot and the log after it, and
+    /// replay still finds every retained event.
+    #[tokio::test]
+    async fn segments_roll_snapshots_fold_and_old_segments_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            retention_count: 100,
+            ..options(dir.path())
+        };
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            for seq in 1..=600u64 {
+                let mut batch = Batch {
+                    events: vec![event(seq)],
+                    upserts: vec![task(&format!("t{}", seq % 7), seq)],
+                    ..Batch::default()
+                };
+                if seq % 100 == 0 {
+                    batch.closed_commands.push(command(&format!("c{seq}")));
+                    batch.meta.push(("interactions", seq as i64));
+                }
+                store.commit(batch).await.unwrap();
+            }
+            assert_eq!(store.oldest_seq(), 501);
+            // Flushing waits for the compactions queued so far.
+            store.flush();
+        }
+        let log = dir.path().join("log");
+        let segments = numbered(&log, "seg").unwrap();
+        let snapshots = numbered(&log, "snap").unwrap();
+        assert_eq!(snapshots.len(), 1, "older snapshots are removed: {snapshots:?}");
+        assert!(segments.len() >= 2, "{segments:?}");
+        assert!(
+            segments[0] > 1,
+            "segments holding only events past retention are deleted: {segments:?}"
+        );
+        assert!(
+            segments.len() < 40,
+            "600 records of ~1 KiB in 4 KiB segments: most were deleted: {segments:?}"
+        );
+
+        let store = LogStore::open(small).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.head_seq, 600);
+        let mut versions: Vec<(String, u64)> = recovered.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
+        versions.sort();
+        let expected: Vec<(String, u64)> = {
+            let mut v: Vec<(String, u64)> = (594..=600).map(|seq| (format!("t{}", seq % 7), seq)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(versions, expected);
+        let ids: Vec<String> = recovered.closed_commands.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids, (1..=6).map(|i| format!("c{}", i * 100)).collect::<Vec<_>>());
+        assert_eq!(recovered.meta.get("interactions"), Some(&600));
+        assert_eq!(store.oldest_seq(), 501);
+        assert_eq!(seqs(&store, 0, 1000), (501..=600).collect::<Vec<_>>());
+        // Appends continue after a restart, in the last segment.
+        store.commit(events(601..=601)).await.unwrap();
+        assert_eq!(seqs(&store, 599, 10), vec![600, 601]);
+    }
+
+    /// A write cut short by a crash (the tail of the last segment) is cut off at start;
+    /// what was whole before it stays, and appends continue.
+    #[tokio::test]
+    async fn a_torn_tail_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            store.commit(events(1..=3)).await.unwrap();
+        }
+        let path = last_segment(dir.path());
+        let whole = fs::metadata(&path).unwrap().len();
+        // A record header promising more than follows.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+        drop(file);
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            assert_eq!(store.recover().unwrap().head_seq, 3);
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                whole,
+                "cut back to the last whole record"
+            );
+            store.commit(events(4..=4)).await.unwrap();
+        }
+        // A last record whose bytes are all there but fail the checksum (a power loss).
+        let mut data = fs::read(&path).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let store = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 3);
+        assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
+    }
+
+    /// Damage before the end of the log refuses to start, naming the file: acknowledged
+    /// changes after it must not be dropped silently.
+    #[tokio::test]
+    async fn damage_inside_the_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            store.commit(events(1..=1)).await.unwrap();
+            store.commit(events(2..=2)).await.unwrap();
+        }
+        let path = last_segment(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        data[FILE_HEADER + RECORD_HEADER + 2] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
+    }
+
+    /// A log written by a newer format, or a file that is not a log, is refused; a data
+    /// dir holding the SQLite store is refused with the flag that opens it.
+    #[tokio::test]
+    async fn foreign_and_newer_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LogStore::open(options(dir.path())).unwrap());
+        let path = last_segment(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        data[7] = LOG_FORMAT + 1;
+        fs::write(&path, &data).unwrap();
+        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("newer ITC") && err.contains("upgrade itc-server"), "{err}");
+        data[..7].copy_from_slice(b"NOTITC!");
+        fs::write(&path, &data).unwrap();
+        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("not an ITC log file"), "{err}");
+
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("itc.sqlite3"), b"").unwrap();
+        let err = LogStore::open(options(other.path())).unwrap_err().to_string();
+        assert!(err.contains("SQLite store") && err.contains("--store sqlite"), "{err}");
+    }
+
+    /// A second store on the same data dir is refused while the first is open.
+    #[test]
+    fn one_server_per_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LogStore::open(options(dir.path())).unwrap();
+        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("in use by another itc-server"), "{err}");
+        drop(first);
+        assert!(LogStore::open(options(dir.path())).is_ok());
+    }
+
+    /// `full`: a commit resolves only once a sync covers it, and batches queued together
+    /// share syncs; `durable_seq` covers every resolved commit.
+    #[tokio::test]
+    async fn full_sync_resolves_after_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(LogOptions {
+            sync: SyncLevel::Full,
+            ..options(dir.path())
+        })
+        .unwrap();
+        let commits: Vec<Commit> = (1..=200).map(|seq| store.commit(events(seq..=seq))).collect();
+        for (seq, commit) in (1..).zip(commits) {
+            commit.await.unwrap();
+            assert!(store.durable_seq() >= seq);
+            assert!(matches!(&*store.shared.synced.borrow(), Synced::Upto(_)));
+        }
+        assert_eq!(store.durable_seq(), 200);
+    }
+
+    /// After `flush`, nothing more is accepted and the data dir is free.
+    #[tokio::test]
+    async fn flush_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(options(dir.path())).unwrap();
+        store.commit(events(1..=1)).await.unwrap();
+        store.flush();
+        assert!(matches!(store.commit(events(2..=2)).await, Err(StoreError::Closed)));
+        let again = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(again.recover().unwrap().head_seq, 1);
+    }
+}
