@@ -580,8 +580,7 @@ fn four(bytes: &[u8]) -> [u8; 4] {
     out
 }
 
-/// Numbers of the files named `NNNN.ext` in `dir`, ascending; stray `.tmp` files (a
-/// snapshot cut short) are removed.
+/// Numbers of the files named `NNNN.ext` in `dir`, ascending.
 fn numbered(dir: &Path, ext: &str) -> Result<Vec<u64>, StoreError> {
     let mut out = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| backend(&format!("cannot list {}", dir.display()), e))?;
@@ -589,10 +588,6 @@ fn numbered(dir: &Path, ext: &str) -> Result<Vec<u64>, StoreError> {
         let entry = entry.map_err(|e| backend(&format!("cannot list {}", dir.display()), e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".tmp") {
-            let _ = fs::remove_file(entry.path());
-            continue;
-        }
         if let Some(n) = name
             .strip_suffix(ext)
             .and_then(|n| n.strip_suffix('.'))
@@ -683,6 +678,11 @@ impl LogStore {
             ))
         };
 
+        // A snapshot cut short by a crash is left as `.tmp`: it never counted.
+        for tmp in numbered(&dir, "snap.tmp")? {
+            let path = snapshot_path(&dir, tmp).with_extension("snap.tmp");
+            fs::remove_file(&path).map_err(|e| backend(&format!("cannot remove {}", path.display()), e))?;
+        }
         let snapshots = numbered(&dir, "snap")?;
         let segments = numbered(&dir, "seg")?;
         let base = snapshots.last().copied();
@@ -1108,12 +1108,27 @@ impl Shared {
         if base == Some(next) {
             return Ok(());
         }
+        let segments = numbered(&self.dir, "seg")?;
+        let folds = |n: &u64| base.is_none_or(|b| *n >= b) && *n <= closed;
+        if let Some(b) = base {
+            // Rewriting the whole state costs its size: do it only once the log it
+            // replaces is at least twice as long, so that snapshots cost at most half
+            // the log's own writes, and a restart replays at most about that much.
+            let size = |path: PathBuf| fs::metadata(path).map_or(0, |m| m.len());
+            let pending: u64 = segments
+                .iter()
+                .filter(|n| folds(n))
+                .map(|&n| size(segment_path(&self.dir, n)))
+                .sum();
+            if pending < 2 * size(snapshot_path(&self.dir, b)) {
+                return Ok(());
+            }
+        }
         let mut folded = match base {
             Some(n) => read_snapshot(&self.dir, n).map_err(|e| backend(&format!("snapshot {n}"), e))?,
             None => Folded::default(),
         };
-        let segments = numbered(&self.dir, "seg")?;
-        for &n in segments.iter().filter(|&&n| base.is_none_or(|b| n >= b) && n <= closed) {
+        for &n in segments.iter().filter(|n| folds(n)) {
             let path = segment_path(&self.dir, n);
             let scanned = scan(&path, SEGMENT_MAGIC, n).map_err(|e| backend(&path.display().to_string(), e))?;
             if scanned.corrupt || scanned.valid_len < scanned.data.len() {
@@ -1445,6 +1460,46 @@ mod tests {
         // Appends continue after a restart, in the last segment.
         store.commit(events(601..=601)).await.unwrap();
         assert_eq!(seqs(&store, 599, 10), vec![600, 601]);
+    }
+
+    /// A snapshot is rewritten only once the log after it is twice its size: with a large
+    /// state and small segments, rolls do not each rewrite the state, and a restart
+    /// still finds everything.
+    #[tokio::test]
+    async fn snapshots_wait_for_log_twice_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let log = dir.path().join("log");
+        let store = LogStore::open(small.clone()).unwrap();
+        // 200 tasks (a snapshot of ~160 KiB) in the first segment, which then rolls.
+        let batch = Batch {
+            events: vec![event(1)],
+            upserts: (0..200).map(|i| task(&format!("t{i}"), 1)).collect(),
+            ..Batch::default()
+        };
+        store.commit(batch).await.unwrap();
+        // Flushing waits for the compaction of the rolled segment.
+        store.flush();
+        drop(store);
+        let first = numbered(&log, "snap").unwrap();
+        assert_eq!(first.len(), 1, "the first roll writes a snapshot");
+        // A stray temporary snapshot (a crash mid-write) is removed at start.
+        fs::write(log.join("00000000000000000099.snap.tmp"), b"partial").unwrap();
+        let store = LogStore::open(small.clone()).unwrap();
+        assert!(!log.join("00000000000000000099.snap.tmp").exists());
+        // Rolls of small segments: far less than twice the snapshot.
+        for seq in 2..=40 {
+            store.commit(events(seq..=seq)).await.unwrap();
+        }
+        store.flush();
+        assert_eq!(numbered(&log, "snap").unwrap(), first, "the snapshot was not rewritten");
+        drop(store);
+        let store = LogStore::open(small).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!((recovered.head_seq, recovered.tasks.len()), (40, 200));
     }
 
     /// A write cut short by a crash (the tail of the last segment) is cut off at start;
