@@ -14,7 +14,10 @@
 //! - `normal` (the default): the commit resolves as soon as the OS holds the record, which
 //!   survives `kill -9` of the server (DESIGN §5.7); the sync thread syncs every
 //!   `sync_interval`, so a power loss of the machine loses at most about that much.
-//! - `off`: synced only at segment rolls' end of life and at shutdown.
+//! - `off`: never synced by the store while it runs (once at shutdown).
+//!
+//! Before a segment rolls over it is synced (except with `off`), so that a power loss
+//! leaves at most a torn tail of the last segment, which the next start truncates.
 //!
 //! A segment rolls over past `segment_bytes`. A compactor thread then folds the previous
 //! snapshot and the closed segments into a new snapshot (each task as last written, the
@@ -23,7 +26,7 @@
 //! the segments after it; older segments still on disk only serve their events.
 //!
 //! Events are read back by seq through an in-memory index (segment, offset, length and
-//! time of every retained event: 16 bytes each). Bodies are JSON of the core's types, as
+//! time of every retained event: 24 bytes each). Bodies are JSON of the core's types, as
 //! in the SQLite store.
 //!
 //! Layout of `data_dir/log/`: `NNNNNNNNNNNNNNNNNNNN.seg` (segments, numbered from 1) and
@@ -51,10 +54,13 @@ const SEGMENT_MAGIC: &[u8; 7] = b"ITCLOG\0";
 const SNAPSHOT_MAGIC: &[u8; 7] = b"ITCSNP\0";
 /// Magic (8 bytes) and the file's number (u64).
 const FILE_HEADER: usize = 16;
-/// A record's length and checksum.
+/// A record's length and checksum (CRC-32 of the length's four bytes, then the payload).
 const RECORD_HEADER: usize = 8;
 /// The largest record read back: anything longer is damage, not data.
 const MAX_RECORD: usize = 1 << 30;
+/// A snapshot is written as records of about this size (so a state of any size fits;
+/// small in tests, so that they write several).
+const SNAPSHOT_RECORD: usize = if cfg!(test) { 16 << 10 } else { 8 << 20 };
 /// Closed commands and input requests kept (each), as in the SQLite store.
 const KEPT_CLOSED: usize = 10_000;
 /// How often the writer trims events past their age (count retention runs every commit).
@@ -162,8 +168,6 @@ struct Writer {
 #[derive(Debug)]
 struct SyncState {
     current: Arc<File>,
-    /// Closed segments not yet synced.
-    closed: Vec<Arc<File>>,
     /// A segment was created: the directory needs a sync.
     dir_dirty: bool,
     /// Log position and seq written.
@@ -207,6 +211,10 @@ impl Index {
         self.segments.front().map(|s| s.first_seq)
     }
 
+    fn last_seq(&self) -> Option<u64> {
+        self.segments.back().map(|s| s.end_seq() - 1)
+    }
+
     fn push(&mut self, segno: u64, file: &Arc<File>, seq: u64, span: Span) {
         match self.segments.back_mut() {
             Some(last) if last.segno == segno => last.spans.push(span),
@@ -247,16 +255,20 @@ impl Index {
 }
 
 /// The oldest seq to keep: by count, and by age when `age` is given; the newest event
-/// always stays (so that the head survives a restart); never before `oldest`.
+/// always stays (so that the head survives a restart); never before `oldest`. With no
+/// event retained, `head + 1`.
 fn retained_from(index: &Index, head: u64, oldest: u64, count: u64, age: Option<Duration>) -> u64 {
+    let Some(last) = index.last_seq() else {
+        return head + 1;
+    };
     let mut from = oldest
-        .max(index.first_seq().unwrap_or(head + 1))
+        .max(index.first_seq().unwrap_or(last))
         .max((head + 1).saturating_sub(count));
     if let Some(age) = age {
         let cutoff = SystemTime::now().checked_sub(age).map_or(0, millis);
-        from = from.max(index.first_since(cutoff).unwrap_or(head + 1));
+        from = from.max(index.first_since(cutoff).unwrap_or(last));
     }
-    if head > 0 { from.min(head) } else { from }
+    from.min(last)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -458,23 +470,35 @@ impl Folded {
         Ok(())
     }
 
-    /// The snapshot's payload.
-    fn encode(&mut self) -> Result<Vec<u8>, StoreError> {
-        let mut buf = Vec::new();
-        put(&mut buf, kind::HEAD, &[], &self.head_seq.to_le_bytes())?;
+    /// The snapshot's records' payloads, each about [`SNAPSHOT_RECORD`] long at most.
+    fn encode(&mut self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut records = vec![Vec::new()];
+        let mut put_one = |kind: u8, key: &[u8], value: &[u8]| -> Result<(), StoreError> {
+            if records
+                .last()
+                .is_some_and(|r| !r.is_empty() && r.len() + key.len() + value.len() > SNAPSHOT_RECORD)
+            {
+                records.push(Vec::new());
+            }
+            match records.last_mut() {
+                Some(record) => put(record, kind, key, value),
+                None => Ok(()),
+            }
+        };
+        put_one(kind::HEAD, &[], &self.head_seq.to_le_bytes())?;
         for (id, body) in &self.tasks {
-            put(&mut buf, kind::TASK, id, body)?;
+            put_one(kind::TASK, id, body)?;
         }
         for (id, body) in self.commands.ordered() {
-            put(&mut buf, kind::COMMAND, id, body)?;
+            put_one(kind::COMMAND, id, body)?;
         }
         for (id, body) in self.inputs.ordered() {
-            put(&mut buf, kind::INPUT, id, body)?;
+            put_one(kind::INPUT, id, body)?;
         }
         for (key, value) in &self.meta {
-            put(&mut buf, kind::META, key, &value.to_le_bytes())?;
+            put_one(kind::META, key, &value.to_le_bytes())?;
         }
-        Ok(buf)
+        Ok(records)
     }
 
     fn decode(mut self) -> Result<Recovered, String> {
@@ -557,10 +581,11 @@ fn scan(path: &Path, magic: &[u8; 7], n: u64) -> Result<Scanned, String> {
         let Some(payload) = data.get(start..start + len).filter(|_| len <= MAX_RECORD) else {
             break;
         };
-        if crc32fast::hash(payload) != crc {
+        if record_crc(len as u32, payload) != crc {
             // A whole record that fails its checksum is damage, unless it is the file's
-            // last (a write the machine lost part of).
-            corrupt = start + len < data.len();
+            // last or only zeros follow (a write the machine lost part of: a file can
+            // come back longer than its data, padded with zeros).
+            corrupt = start + len < data.len() && data[pos..].iter().any(|&b| b != 0);
             break;
         }
         records.push(start..start + len);
@@ -572,6 +597,14 @@ fn scan(path: &Path, magic: &[u8; 7], n: u64) -> Result<Scanned, String> {
         valid_len: pos,
         corrupt,
     })
+}
+
+/// A record's checksum: its length, then its payload.
+fn record_crc(len: u32, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 fn four(bytes: &[u8]) -> [u8; 4] {
@@ -607,26 +640,33 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Reads snapshot `n` into a fold.
 fn read_snapshot(dir: &Path, n: u64) -> Result<Folded, String> {
     let scanned = scan(&snapshot_path(dir, n), SNAPSHOT_MAGIC, n)?;
-    if scanned.records.len() != 1 || scanned.corrupt || scanned.valid_len != scanned.data.len() {
+    if scanned.records.is_empty() || scanned.corrupt || scanned.valid_len != scanned.data.len() {
         return Err("it is damaged (its checksum fails or it is cut short)".to_owned());
     }
     let mut folded = Folded::default();
-    folded.apply(&scanned.data[scanned.records[0].clone()])?;
+    for record in &scanned.records {
+        folded.apply(&scanned.data[record.clone()])?;
+    }
     Ok(folded)
 }
 
 /// Writes snapshot `n` (atomically: a temporary file, synced, then renamed).
 fn write_snapshot(dir: &Path, n: u64, folded: &mut Folded) -> Result<(), StoreError> {
-    let payload = folded.encode()?;
-    let len = u32::try_from(payload.len()).map_err(|_| backend("snapshot", "larger than 4 GiB"))?;
+    let records = folded.encode()?;
     let path = snapshot_path(dir, n);
     let tmp = path.with_extension("snap.tmp");
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
+        let mut file = std::io::BufWriter::new(File::create(&tmp)?);
         file.write_all(&file_header(SNAPSHOT_MAGIC, n))?;
-        file.write_all(&len.to_le_bytes())?;
-        file.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
-        file.write_all(&payload)?;
+        for payload in &records {
+            // Each is at most SNAPSHOT_RECORD plus one entry (a key under 64 KiB and a
+            // value under 4 GiB, both checked by `put`).
+            let len = payload.len() as u32;
+            file.write_all(&len.to_le_bytes())?;
+            file.write_all(&record_crc(len, payload).to_le_bytes())?;
+            file.write_all(payload)?;
+        }
+        let file = file.into_inner().map_err(std::io::IntoInnerError::into_error)?;
         file.sync_all()?;
         fs::rename(&tmp, &path)?;
         sync_dir(dir)
@@ -691,20 +731,23 @@ impl LogStore {
             None => Folded::default(),
         };
         let mut index = Index::default();
-        // The last segment holding a record: damage after it is a torn tail.
+        // The last segment with more than its header: damage before it is not a torn
+        // tail (a segment is synced before the next one is written, except with `off`).
         let mut last = None;
-        let mut scans = Vec::with_capacity(segments.len());
         for &n in &segments {
             let path = segment_path(&dir, n);
-            let scanned = scan(&path, SEGMENT_MAGIC, n).map_err(|e| refuse(&path, &e))?;
-            if !scanned.records.is_empty() {
+            let len = fs::metadata(&path)
+                .map_err(|e| backend(&format!("cannot read {}", path.display()), e))?
+                .len();
+            if len > FILE_HEADER as u64 {
                 last = Some(n);
             }
-            scans.push((n, scanned));
         }
         let mut events_head: Option<u64> = None;
-        for (n, scanned) in &scans {
+        // One segment in memory at a time.
+        for n in &segments {
             let path = segment_path(&dir, *n);
+            let scanned = scan(&path, SEGMENT_MAGIC, *n).map_err(|e| refuse(&path, &e))?;
             let damaged = scanned.valid_len < scanned.data.len();
             if scanned.corrupt {
                 return Err(refuse(
@@ -765,6 +808,17 @@ impl LogStore {
             }
         }
         let head = folded.head_seq.max(events_head.unwrap_or(0));
+        if events_head.is_some_and(|h| h < head) {
+            // The snapshot knows of events the log lost (a power loss with `off`): the
+            // ones left cannot continue to the head without a hole. Serve none of them;
+            // a subscriber asking for them is told they are gone.
+            tracing::warn!(
+                head,
+                events_head,
+                "the log lost its newest events; dropping the older ones from replay"
+            );
+            index = Index::default();
+        }
         folded.head_seq = head;
         let recovered = folded.decode().map_err(|e| refuse(&dir, &e))?;
 
@@ -815,7 +869,6 @@ impl LogStore {
             index: Mutex::new(index),
             sync_state: Mutex::new(SyncState {
                 current: file,
-                closed: Vec::new(),
                 dir_dirty: false,
                 written_lsn: 0,
                 written_seq: head,
@@ -838,19 +891,27 @@ impl LogStore {
                 .map_err(|e| backend("cannot start the sync thread", e))?,
         );
         let compactor = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("itc-log-compact".into())
-                .spawn(move || {
-                    while let Ok(closed) = roll_rx.recv() {
-                        if let Err(e) = compactor.compact(closed) {
-                            // The log still holds everything: the next roll tries again.
-                            tracing::warn!(error = %e, "log compaction failed");
-                        }
+        let spawned = std::thread::Builder::new()
+            .name("itc-log-compact".into())
+            .spawn(move || {
+                while let Ok(closed) = roll_rx.recv() {
+                    if let Err(e) = compactor.compact(closed) {
+                        // The log still holds everything: the next roll tries again.
+                        tracing::error!(error = %e, "log compaction failed; old segments stay until one succeeds");
                     }
-                })
-                .map_err(|e| backend("cannot start the compaction thread", e))?,
-        );
+                }
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                lock(&shared.sync_state).stop = true;
+                shared.sync_wake.notify_all();
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(backend("cannot start the compaction thread", e));
+            }
+        }
         Ok(Self {
             dir,
             shared,
@@ -919,7 +980,7 @@ impl Shared {
             if len > MAX_RECORD {
                 return Err(backend("encode", format!("a batch of {len} bytes")));
             }
-            let crc = crc32fast::hash(&buf[RECORD_HEADER..]);
+            let crc = record_crc(len as u32, &buf[RECORD_HEADER..]);
             buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
             buf[4..RECORD_HEADER].copy_from_slice(&crc.to_le_bytes());
             Ok(())
@@ -996,11 +1057,21 @@ impl Shared {
     }
 
     /// Closes the current segment and starts the next; the compactor takes it from there.
-    /// If the next cannot be created, the batch just written stands, and every later one
-    /// fails.
+    /// The closed segment is synced first (except with `off`), so that no record of the
+    /// next can reach the disk before the end of this one: a power loss then leaves at
+    /// most a torn tail of the last segment, never a hole before it. One sync per
+    /// segment. If the sync or the next segment fails, the batch just written stands,
+    /// and every later one fails.
     fn roll(&self, w: &mut Writer) {
         let next = w.segno + 1;
-        let file = match create_segment(&self.dir, next) {
+        let synced = match self.sync {
+            SyncLevel::Off => Ok(()),
+            SyncLevel::Full | SyncLevel::Normal => w
+                .file
+                .sync_data()
+                .map_err(|e| backend(&format!("cannot sync segment {}", w.segno), e)),
+        };
+        let file = match synced.and_then(|()| create_segment(&self.dir, next)) {
             Ok(file) => Arc::new(file),
             Err(e) => {
                 tracing::error!(error = %e, "cannot roll the log over");
@@ -1008,13 +1079,12 @@ impl Shared {
                 return;
             }
         };
-        let closed = std::mem::replace(&mut w.file, file.clone());
+        w.file = file.clone();
         w.segno = next;
         w.len = FILE_HEADER as u64;
         w.lsn += FILE_HEADER as u64;
         {
             let mut sync = lock(&self.sync_state);
-            sync.closed.push(closed);
             sync.current = file;
             sync.dir_dirty = true;
             sync.written_lsn = w.lsn;
@@ -1033,10 +1103,10 @@ impl Shared {
         let mut synced_lsn = 0u64;
         let mut last_sync = Instant::now();
         loop {
-            let (closed, current, lsn, seq, dir_dirty, stop) = {
+            let (current, lsn, seq, dir_dirty, stop) = {
                 let mut state = lock(&self.sync_state);
                 loop {
-                    let dirty = state.written_lsn > synced_lsn || !state.closed.is_empty() || state.dir_dirty;
+                    let dirty = state.written_lsn > synced_lsn || state.dir_dirty;
                     if state.stop {
                         break;
                     }
@@ -1061,7 +1131,6 @@ impl Shared {
                     }
                 }
                 (
-                    std::mem::take(&mut state.closed),
                     state.current.clone(),
                     state.written_lsn,
                     state.written_seq,
@@ -1069,10 +1138,8 @@ impl Shared {
                     state.stop,
                 )
             };
-            let result = closed
-                .iter()
-                .chain(std::iter::once(&current))
-                .try_for_each(|file| file.sync_data())
+            let result = current
+                .sync_data()
                 .and_then(|()| if dir_dirty { sync_dir(&self.dir) } else { Ok(()) });
             last_sync = Instant::now();
             match result {
@@ -1134,6 +1201,11 @@ impl Shared {
             if scanned.corrupt || scanned.valid_len < scanned.data.len() {
                 return Err(backend(&path.display().to_string(), "a closed segment is damaged"));
             }
+            // The snapshot must not get ahead of the disk (with `off`, nothing else syncs
+            // a closed segment; otherwise this finds it clean).
+            File::open(&path)
+                .and_then(|file| file.sync_data())
+                .map_err(|e| backend(&format!("cannot sync {}", path.display()), e))?;
             for record in &scanned.records {
                 folded
                     .apply(&scanned.data[record.clone()])
@@ -1535,6 +1607,57 @@ mod tests {
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 3);
         assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
+    }
+
+    /// Zeros after the last record (a file the machine extended but did not fill before
+    /// losing power) are a torn tail, not damage.
+    #[tokio::test]
+    async fn a_zero_filled_tail_is_torn_not_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            store.commit(events(1..=2)).await.unwrap();
+        }
+        let path = last_segment(dir.path());
+        let whole = fs::metadata(&path).unwrap().len();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[0u8; 4096]).unwrap();
+        drop(file);
+        let store = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 2);
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
+    }
+
+    /// A snapshot that knows of more than the log still holds (the segments with the
+    /// events gone): the head continues from the snapshot, and replay says the events
+    /// are gone rather than serving a hole.
+    #[tokio::test]
+    async fn a_snapshot_ahead_of_the_events_continues_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            for seq in 1..=40 {
+                store.commit(events(seq..=seq)).await.unwrap();
+            }
+        }
+        let log = dir.path().join("log");
+        let snapshots = numbered(&log, "snap").unwrap();
+        let base = *snapshots.last().unwrap();
+        for n in numbered(&log, "seg").unwrap() {
+            fs::remove_file(segment_path(&log, n)).unwrap();
+        }
+        let store = LogStore::open(small).unwrap();
+        let head = store.recover().unwrap().head_seq;
+        assert!(head > 0 && head < 40, "the snapshot's head: {head} (base {base})");
+        assert_eq!(store.oldest_seq(), head + 1, "nothing retained");
+        assert!(seqs(&store, 0, 10).is_empty());
+        store.commit(events(head + 1..=head + 1)).await.unwrap();
+        assert_eq!(seqs(&store, 0, 10), vec![head + 1]);
+        assert_eq!(store.oldest_seq(), head + 1);
     }
 
     /// Damage before the end of the log refuses to start, naming the file: acknowledged
