@@ -16,8 +16,11 @@
 //!   `sync_interval`, so a power loss of the machine loses at most about that much.
 //! - `off`: never synced by the store while it runs (once at shutdown).
 //!
-//! Before a segment rolls over it is synced (except with `off`), so that a power loss
-//! leaves at most a torn tail of the last segment, which the next start truncates.
+//! A closed segment is synced before the current one. After a power loss, a record cut
+//! short can still end a segment that later ones follow (the OS wrote their pages
+//! first): none of those later records was acknowledged under `full` (its sync would
+//! have covered the earlier segment first), and `normal` accepts losing the last
+//! interval, so the start cuts the log there and removes the segments after it.
 //!
 //! A segment rolls over past `segment_bytes`. A compactor thread then folds the previous
 //! snapshot and the closed segments into a new snapshot (each task as last written, the
@@ -168,6 +171,8 @@ struct Writer {
 #[derive(Debug)]
 struct SyncState {
     current: Arc<File>,
+    /// Closed segments not yet synced (synced before the current one).
+    closed: Vec<Arc<File>>,
     /// A segment was created: the directory needs a sync.
     dir_dirty: bool,
     /// Log position and seq written.
@@ -744,9 +749,15 @@ impl LogStore {
             }
         }
         let mut events_head: Option<u64> = None;
+        // Where the log was found cut short, if before its last segment.
+        let mut cut: Option<u64> = None;
         // One segment in memory at a time.
         for n in &segments {
             let path = segment_path(&dir, *n);
+            if cut.is_some() {
+                fs::remove_file(&path).map_err(|e| backend(&format!("cannot remove {}", path.display()), e))?;
+                continue;
+            }
             let scanned = scan(&path, SEGMENT_MAGIC, *n).map_err(|e| refuse(&path, &e))?;
             let damaged = scanned.valid_len < scanned.data.len();
             if scanned.corrupt {
@@ -756,13 +767,13 @@ impl LogStore {
                 ));
             }
             if damaged && last.is_some_and(|l| l > *n) {
-                return Err(refuse(
-                    &path,
-                    &format!(
-                        "a record at byte {} is damaged and later segments follow",
-                        scanned.valid_len
-                    ),
-                ));
+                // See the module's notes: the end of the log is here.
+                tracing::warn!(
+                    path = %path.display(),
+                    at = scanned.valid_len,
+                    "a record cut short before later segments (a power loss): the log ends here, later segments are removed"
+                );
+                cut = Some(*n);
             }
             if damaged || scanned.data.len() < FILE_HEADER {
                 // A torn tail (a write cut short by a crash): the batch it held was never
@@ -822,6 +833,10 @@ impl LogStore {
         folded.head_seq = head;
         let recovered = folded.decode().map_err(|e| refuse(&dir, &e))?;
 
+        if cut.is_some() {
+            sync_dir(&dir).map_err(|e| backend(&format!("cannot sync {}", dir.display()), e))?;
+        }
+        let segments: Vec<u64> = segments.into_iter().filter(|&n| cut.is_none_or(|c| n <= c)).collect();
         // Append to the last segment, or start one.
         let (segno, file, len) = match segments.last() {
             Some(&n) if base.is_none_or(|b| n >= b) => {
@@ -869,6 +884,7 @@ impl LogStore {
             index: Mutex::new(index),
             sync_state: Mutex::new(SyncState {
                 current: file,
+                closed: Vec::new(),
                 dir_dirty: false,
                 written_lsn: 0,
                 written_seq: head,
@@ -1056,22 +1072,13 @@ impl Shared {
         self.oldest.store(oldest, Ordering::Release);
     }
 
-    /// Closes the current segment and starts the next; the compactor takes it from there.
-    /// The closed segment is synced first (except with `off`), so that no record of the
-    /// next can reach the disk before the end of this one: a power loss then leaves at
-    /// most a torn tail of the last segment, never a hole before it. One sync per
-    /// segment. If the sync or the next segment fails, the batch just written stands,
-    /// and every later one fails.
+    /// Closes the current segment and starts the next; the compactor takes it from there,
+    /// and the sync thread syncs the closed one before the next (never on this path: a
+    /// whole segment's sync would stall every call). If the next segment cannot be
+    /// created, the batch just written stands, and every later one fails.
     fn roll(&self, w: &mut Writer) {
         let next = w.segno + 1;
-        let synced = match self.sync {
-            SyncLevel::Off => Ok(()),
-            SyncLevel::Full | SyncLevel::Normal => w
-                .file
-                .sync_data()
-                .map_err(|e| backend(&format!("cannot sync segment {}", w.segno), e)),
-        };
-        let file = match synced.and_then(|()| create_segment(&self.dir, next)) {
+        let file = match create_segment(&self.dir, next) {
             Ok(file) => Arc::new(file),
             Err(e) => {
                 tracing::error!(error = %e, "cannot roll the log over");
@@ -1079,12 +1086,15 @@ impl Shared {
                 return;
             }
         };
-        w.file = file.clone();
+        let closed = std::mem::replace(&mut w.file, file.clone());
         w.segno = next;
         w.len = FILE_HEADER as u64;
         w.lsn += FILE_HEADER as u64;
         {
             let mut sync = lock(&self.sync_state);
+            if self.sync != SyncLevel::Off {
+                sync.closed.push(closed);
+            }
             sync.current = file;
             sync.dir_dirty = true;
             sync.written_lsn = w.lsn;
@@ -1103,10 +1113,10 @@ impl Shared {
         let mut synced_lsn = 0u64;
         let mut last_sync = Instant::now();
         loop {
-            let (current, lsn, seq, dir_dirty, stop) = {
+            let (closed, current, lsn, seq, dir_dirty, stop) = {
                 let mut state = lock(&self.sync_state);
                 loop {
-                    let dirty = state.written_lsn > synced_lsn || state.dir_dirty;
+                    let dirty = state.written_lsn > synced_lsn || !state.closed.is_empty() || state.dir_dirty;
                     if state.stop {
                         break;
                     }
@@ -1131,6 +1141,7 @@ impl Shared {
                     }
                 }
                 (
+                    std::mem::take(&mut state.closed),
                     state.current.clone(),
                     state.written_lsn,
                     state.written_seq,
@@ -1138,8 +1149,10 @@ impl Shared {
                     state.stop,
                 )
             };
-            let result = current
-                .sync_data()
+            let result = closed
+                .iter()
+                .chain(std::iter::once(&current))
+                .try_for_each(|file| file.sync_data())
                 .and_then(|()| if dir_dirty { sync_dir(&self.dir) } else { Ok(()) });
             last_sync = Instant::now();
             match result {
@@ -1658,6 +1671,50 @@ mod tests {
         store.commit(events(head + 1..=head + 1)).await.unwrap();
         assert_eq!(seqs(&store, 0, 10), vec![head + 1]);
         assert_eq!(store.oldest_seq(), head + 1);
+    }
+
+    /// A segment cut short before later ones (a power loss whose writeback reached the
+    /// later segment first) ends the log: the later segments go, appends continue.
+    #[tokio::test]
+    async fn a_segment_cut_short_before_later_ones_ends_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            for seq in 1..=40 {
+                store.commit(events(seq..=seq)).await.unwrap();
+            }
+        }
+        let log = dir.path().join("log");
+        // As before any compaction: no snapshot, every segment replayed.
+        for n in numbered(&log, "snap").unwrap() {
+            fs::remove_file(snapshot_path(&log, n)).unwrap();
+        }
+        let segments = numbered(&log, "seg").unwrap();
+        assert!(segments.len() >= 3, "{segments:?}");
+        let cut = segments[segments.len() - 2];
+        let path = segment_path(&log, cut);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let store = LogStore::open(small).unwrap();
+        let head = store.recover().unwrap().head_seq;
+        assert!(head > 1 && head < 40, "{head}");
+        assert_eq!(
+            numbered(&log, "seg").unwrap().last(),
+            Some(&cut),
+            "later segments removed"
+        );
+        assert_eq!(seqs(&store, 0, 100), (1..=head).collect::<Vec<_>>());
+        store.commit(events(head + 1..=head + 1)).await.unwrap();
+        assert_eq!(seqs(&store, head - 1, 10), vec![head, head + 1]);
     }
 
     /// Damage before the end of the log refuses to start, naming the file: acknowledged
