@@ -1,6 +1,6 @@
 //! End-to-end: the Prometheus endpoint (`metrics_listen`) counts calls by method and
 //! status code, open streams, sessions, events published and delivered, and the durable
-//! store's group commits.
+//! store's commits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a failed test
 
@@ -215,7 +215,7 @@ async fn the_endpoint_reports_calls_streams_sessions_events_and_commits() {
     assert_eq!(
         value(&text, "itc_store_batch_events_sum", &[]),
         Some(head as f64),
-        "every event is in exactly one group commit:\n{text}"
+        "every event is in exactly one commit:\n{text}"
     );
     // The Subscribe call is still open: not counted yet.
     assert!(!text.contains("MonitorService/Subscribe"), "{text}");

@@ -16,8 +16,8 @@
 //! | `itc_sessions{kind}` | gauge | connected sessions, by kind |
 //! | `itc_events_published_total` | counter | events appended to the log |
 //! | `itc_events_delivered_total` | counter | log events sent to subscribers |
-//! | `itc_store_commit_seconds` | histogram | group commit duration (durable store) |
-//! | `itc_store_batch_events` | histogram | events per group commit (durable store) |
+//! | `itc_store_commit_seconds` | histogram | a commit's duration until acknowledged (durable store) |
+//! | `itc_store_batch_events` | histogram | events per commit (durable store) |
 //!
 //! A call is counted when it ends: at its trailers (the status of a trailers-only
 //! response is in its headers), or as `CANCELLED` when the client goes away first. A
@@ -96,13 +96,13 @@ const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 9] = [
         STORE_COMMIT,
         MetricType::Histogram,
         Some(Unit::Seconds),
-        "Duration of a group commit of the store",
+        "Duration of a store commit, until it is acknowledged",
     ),
     (
         STORE_BATCH,
         MetricType::Histogram,
         Some(Unit::Count),
-        "Events per group commit of the store",
+        "Events per store commit (log store: per batch; SQLite: per group)",
     ),
 ];
 
@@ -322,7 +322,8 @@ fn kind_name(kind: SessionKind) -> &'static str {
     }
 }
 
-/// The durable store's metrics, updated by its writer thread once per group commit.
+/// The durable store's metrics: the log store records each commit when it is
+/// acknowledged, the SQLite writer each group commit.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
     commit_seconds: Histogram,
@@ -340,7 +341,7 @@ impl Default for StoreMetrics {
 }
 
 impl StoreMetrics {
-    /// A group commit of `events` events took `took`.
+    /// A commit (a group, for SQLite) of `events` events took `took`.
     pub(crate) fn committed(&self, events: usize, took: Duration) {
         self.commit_seconds.record(took);
         self.batch_events.record(events as f64);
