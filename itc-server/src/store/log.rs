@@ -1343,7 +1343,7 @@ impl Drop for LogStore {
 mod tests {
     use super::*;
     use crate::core::{Command, CommandAction, CommandState};
-    use crate::store::testing::{event, task};
+    use crate::store::testing::{assert_hot_and_back, assert_one_server_per_data_dir, event, hot_gone_back, task};
 
     fn options(dir: &Path) -> LogOptions {
         LogOptions {
@@ -1365,6 +1365,20 @@ mod tests {
 
     fn seqs(store: &LogStore, after: u64, limit: usize) -> Vec<u64> {
         store.read_events(after, limit).unwrap().iter().map(|e| e.seq).collect()
+    }
+
+    /// Events 1..=40, one per commit, in 4 KiB segments (several rolls); the store is
+    /// closed again. Returns its options.
+    async fn forty_events_in_small_segments(dir: &Path) -> LogOptions {
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir)
+        };
+        let store = LogStore::open(small.clone()).unwrap();
+        for seq in 1..=40 {
+            store.commit(events(seq..=seq)).await.unwrap();
+        }
+        small
     }
 
     fn last_segment(dir: &Path) -> PathBuf {
@@ -1446,16 +1460,8 @@ mod tests {
             let store = LogStore::open(options(dir.path())).unwrap();
             let mut commits = Vec::new();
             for seq in 1..=50u64 {
-                let mut batch = Batch {
-                    events: vec![event(seq)],
-                    upserts: vec![task("hot", seq)],
-                    ..Batch::default()
-                };
+                let mut batch = hot_gone_back(seq);
                 match seq {
-                    10 => batch.upserts.push(task("gone", seq)),
-                    20 => batch.removals.push("gone".into()),
-                    30 => batch.removals.push("back".into()),
-                    40 => batch.upserts.push(task("back", seq)),
                     45 => {
                         batch.closed_commands.push(c1.clone());
                         batch.meta.push(("global_interrupt", 1));
@@ -1471,11 +1477,7 @@ mod tests {
         }
         let store = LogStore::open(options(dir.path())).unwrap();
         let recovered = store.recover().unwrap();
-        assert_eq!(recovered.head_seq, 50);
-        let versions: Vec<(String, u64)> = recovered.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
-        assert_eq!(versions.len(), 2, "{versions:?}");
-        assert!(versions.contains(&("hot".into(), 50)), "{versions:?}");
-        assert!(versions.contains(&("back".into(), 40)), "{versions:?}");
+        assert_hot_and_back(&recovered);
         let ids: Vec<&str> = recovered.closed_commands.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, vec!["c1", "c2"]);
         assert_eq!(recovered.closed_commands[0], c1, "read back exactly");
@@ -1647,16 +1649,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_ahead_of_the_events_continues_the_head() {
         let dir = tempfile::tempdir().unwrap();
-        let small = LogOptions {
-            segment_bytes: 4096,
-            ..options(dir.path())
-        };
-        {
-            let store = LogStore::open(small.clone()).unwrap();
-            for seq in 1..=40 {
-                store.commit(events(seq..=seq)).await.unwrap();
-            }
-        }
+        let small = forty_events_in_small_segments(dir.path()).await;
         let log = dir.path().join("log");
         let snapshots = numbered(&log, "snap").unwrap();
         let base = *snapshots.last().unwrap();
@@ -1678,16 +1671,7 @@ mod tests {
     #[tokio::test]
     async fn a_segment_cut_short_before_later_ones_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let small = LogOptions {
-            segment_bytes: 4096,
-            ..options(dir.path())
-        };
-        {
-            let store = LogStore::open(small.clone()).unwrap();
-            for seq in 1..=40 {
-                store.commit(events(seq..=seq)).await.unwrap();
-            }
-        }
+        let small = forty_events_in_small_segments(dir.path()).await;
         let log = dir.path().join("log");
         // As before any compaction: no snapshot, every segment replayed.
         for n in numbered(&log, "snap").unwrap() {
@@ -1761,12 +1745,7 @@ mod tests {
     /// A second store on the same data dir is refused while the first is open.
     #[test]
     fn one_server_per_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = LogStore::open(options(dir.path())).unwrap();
-        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("in use by another itc-server"), "{err}");
-        drop(first);
-        assert!(LogStore::open(options(dir.path())).is_ok());
+        assert_one_server_per_data_dir(|dir| LogStore::open(options(dir)));
     }
 
     /// `full`: a commit resolves only once a sync covers it, and batches queued together

@@ -233,4 +233,43 @@ pub(crate) mod testing {
             wire: Default::default(),
         })
     }
+
+    /// Batch `seq` of the "each task as last written" tests: `hot` written every time,
+    /// `gone` written (10) then removed (20), `back` removed (30, never there) then written
+    /// (40).
+    pub(crate) fn hot_gone_back(seq: u64) -> crate::store::Batch {
+        let mut batch = crate::store::Batch {
+            events: vec![event(seq)],
+            upserts: vec![task("hot", seq)],
+            ..Default::default()
+        };
+        match seq {
+            10 => batch.upserts.push(task("gone", seq)),
+            20 => batch.removals.push("gone".into()),
+            30 => batch.removals.push("back".into()),
+            40 => batch.upserts.push(task("back", seq)),
+            _ => {}
+        }
+        batch
+    }
+
+    /// What 50 batches of [`hot_gone_back`] add up to: `hot` at 50 and `back` at 40.
+    pub(crate) fn assert_hot_and_back(recovered: &crate::store::Recovered) {
+        assert_eq!(recovered.head_seq, 50);
+        let versions: Vec<(String, u64)> = recovered.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
+        assert!(versions.contains(&("hot".into(), 50)), "{versions:?}");
+        assert!(versions.contains(&("back".into(), 40)), "{versions:?}");
+        assert_eq!(versions.len(), 2, "{versions:?}");
+    }
+
+    /// A second store on the same data dir is refused while the first is open, and
+    /// opens once the first is gone.
+    pub(crate) fn assert_one_server_per_data_dir<S>(open: impl Fn(&std::path::Path) -> Result<S, super::StoreError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path()).unwrap();
+        let err = open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("in use by another itc-server"), "{err}");
+        drop(first);
+        assert!(open(dir.path()).is_ok());
+    }
 }

@@ -566,7 +566,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::store::testing::{event, task};
+    use crate::store::testing::{assert_hot_and_back, assert_one_server_per_data_dir, event, hot_gone_back};
 
     fn options(dir: &Path) -> SqliteOptions {
         SqliteOptions {
@@ -623,20 +623,8 @@ mod tests {
         let store = SqliteStore::open(options(dir.path())).unwrap();
         let mut commits = Vec::new();
         for seq in 1..=50u64 {
-            let mut batch = Batch {
-                events: vec![event(seq)],
-                upserts: vec![task("hot", seq)],
-                ..Batch::default()
-            };
-            match seq {
-                10 => batch.upserts.push(task("gone", seq)),
-                20 => batch.removals.push("gone".into()),
-                30 => batch.removals.push("back".into()),
-                40 => batch.upserts.push(task("back", seq)),
-                _ => {}
-            }
             // Queued without waiting: the writer groups whatever queued meanwhile.
-            commits.push(store.commit(batch));
+            commits.push(store.commit(hot_gone_back(seq)));
         }
         for (seq, commit) in (1..).zip(commits) {
             commit.await.unwrap();
@@ -646,13 +634,7 @@ mod tests {
         assert_eq!(store.durable_seq(), 50);
         drop(store);
         let store = SqliteStore::open(options(dir.path())).unwrap();
-        let recovered = store.recover().unwrap();
-        assert_eq!(recovered.head_seq, 50);
-        let versions: Vec<(String, u64)> = recovered.tasks.iter().map(|t| (t.id.clone(), t.version)).collect();
-        assert!(versions.contains(&("hot".into(), 50)), "{versions:?}");
-        assert!(versions.contains(&("back".into(), 40)), "{versions:?}");
-        assert!(!versions.iter().any(|(id, _)| id == "gone"), "{versions:?}");
-        assert_eq!(versions.len(), 2, "{versions:?}");
+        assert_hot_and_back(&store.recover().unwrap());
     }
 
     /// A data dir written by a newer schema is refused with a message saying so.
@@ -679,12 +661,7 @@ mod tests {
     /// A second store on the same data dir is refused while the first is open.
     #[test]
     fn one_server_per_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = SqliteStore::open(options(dir.path())).unwrap();
-        let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("in use by another itc-server"), "{err}");
-        drop(first);
-        assert!(SqliteStore::open(options(dir.path())).is_ok());
+        assert_one_server_per_data_dir(|dir| SqliteStore::open(options(dir)));
     }
 
     /// An SQLite file of another application is refused untouched.
