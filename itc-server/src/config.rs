@@ -91,6 +91,8 @@ pub struct Settings {
     pub sync: crate::store::SyncLevel,
     /// With `sync = normal`, the log store syncs to disk this often.
     pub sync_interval: Duration,
+    /// The log store's segment size: a segment rolls over once it is this long.
+    pub log_segment_bytes: u64,
     /// After a restart, live tasks whose agent has not reconnected within this are
     /// flagged ORPHANED.
     pub orphan_grace: Duration,
@@ -125,6 +127,7 @@ impl Default for Settings {
             store: crate::store::StoreKind::Log,
             sync: crate::store::SyncLevel::Normal,
             sync_interval: Duration::from_secs(1),
+            log_segment_bytes: 64 << 20,
             orphan_grace: Duration::from_secs(30),
             metrics_listen: None,
         }
@@ -160,6 +163,7 @@ pub struct Overrides {
     pub store: Option<crate::store::StoreKind>,
     pub sync: Option<crate::store::SyncLevel>,
     pub sync_interval: Option<Seconds>,
+    pub log_segment_bytes: Option<i64>,
     pub orphan_grace: Option<Seconds>,
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -247,6 +251,7 @@ impl Overrides {
             store,
             sync,
             sync_interval,
+            log_segment_bytes,
             orphan_grace,
             metrics_listen,
         )
@@ -298,6 +303,7 @@ impl Overrides {
             store: self.store.unwrap_or(d.store),
             sync: self.sync.unwrap_or(d.sync),
             sync_interval: dur(self.sync_interval, "sync_interval", d.sync_interval)?,
+            log_segment_bytes: count(self.log_segment_bytes, "log_segment_bytes", d.log_segment_bytes)?,
             orphan_grace: dur(self.orphan_grace, "orphan_grace", d.orphan_grace)?,
             metrics_listen: self.metrics_listen.or(d.metrics_listen),
         };
@@ -360,6 +366,12 @@ impl Settings {
                 ),
             );
         }
+        if self.log_segment_bytes < 4096 {
+            return invalid(
+                "log_segment_bytes",
+                format!("{} is below the minimum of 4096", self.log_segment_bytes),
+            );
+        }
         if self.max_message_bytes < 1024 {
             return invalid(
                 "max_message_bytes",
@@ -418,6 +430,7 @@ impl fmt::Display for Settings {
             writeln!(f, "store = {:?}", self.store)?;
             writeln!(f, "sync = {:?}", self.sync)?;
             writeln!(f, "sync_interval = {}", d(self.sync_interval))?;
+            writeln!(f, "log_segment_bytes = {}", self.log_segment_bytes)?;
         }
         writeln!(f, "orphan_grace = {}", d(self.orphan_grace))?;
         match self.metrics_listen {
@@ -514,6 +527,20 @@ mod tests {
                     ..Default::default()
                 },
                 "metrics_listen",
+            ),
+            (
+                Overrides {
+                    log_segment_bytes: Some(1000),
+                    ..Default::default()
+                },
+                "log_segment_bytes",
+            ),
+            (
+                Overrides {
+                    sync_interval: Some(Seconds::Number(0.0)),
+                    ..Default::default()
+                },
+                "sync_interval",
             ),
         ];
         for (overrides, setting) in cases {

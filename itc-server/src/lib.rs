@@ -149,7 +149,7 @@ pub fn open_store(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Stor
                 sync_interval: settings.sync_interval,
                 retention_count: settings.event_retention_count,
                 retention_age: settings.event_retention_age,
-                segment_bytes: LogOptions::SEGMENT_BYTES,
+                segment_bytes: settings.log_segment_bytes,
             },
             metrics.store(),
         )

@@ -177,6 +177,15 @@ struct Args {
     )]
     sync_interval: Option<Seconds>,
 
+    /// The log store's segment size in bytes (at least 4096) [default: 67108864].
+    #[arg(
+        long,
+        env = "ITC_LOG_SEGMENT_BYTES",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
+    log_segment_bytes: Option<i64>,
+
     /// When a write is acknowledged: full (after a disk sync; survives a power loss), normal
     /// (once the OS has it; survives a crash of the server), off (never synced) [default:
     /// normal].
@@ -233,6 +242,7 @@ impl Args {
             store: self.store,
             sync: self.sync,
             sync_interval: self.sync_interval.clone(),
+            log_segment_bytes: self.log_segment_bytes,
             orphan_grace: self.orphan_grace.clone(),
             metrics_listen: self.metrics_listen,
         }

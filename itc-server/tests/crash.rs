@@ -23,10 +23,11 @@ const AGENTS: usize = 8;
 /// Progress reports acknowledged (over all agents) before the kill.
 const ACKED_BEFORE_KILL: usize = 400;
 
-async fn start(dir: &std::path::Path) -> (Child, Channel) {
+async fn start(dir: &std::path::Path, extra: &[&str]) -> (Child, Channel) {
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -62,8 +63,20 @@ fn progress_of(k: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_acknowledged() {
+    kill_9_under_load(&[], ACKED_BEFORE_KILL).await;
+}
+
+/// The same with 16 KiB log segments: the kill lands among segment rolls and snapshot
+/// compactions (each roll of this load's small state compacts), and a restart reads a
+/// snapshot, the segments after it, and older segments for their events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_amid_rolls_and_compactions_loses_nothing_acknowledged() {
+    kill_9_under_load(&["--log-segment-bytes", "16384"], 4 * ACKED_BEFORE_KILL).await;
+}
+
+async fn kill_9_under_load(extra: &[&str], acked_before_kill: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, channel) = start(dir.path()).await;
+    let (mut child, channel) = start(dir.path(), extra).await;
     let acked: Acked = Arc::default();
     let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut load = Vec::new();
@@ -103,7 +116,7 @@ async fn kill_9_loses_nothing_acknowledged() {
         }));
     }
     drop(count_tx);
-    for _ in 0..ACKED_BEFORE_KILL {
+    for _ in 0..acked_before_kill {
         tokio::time::timeout(DEADLINE, count_rx.recv())
             .await
             .expect("load progresses")
@@ -118,7 +131,18 @@ async fn kill_9_loses_nothing_acknowledged() {
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), AGENTS);
 
-    let (_child, channel) = start(dir.path()).await;
+    let (_child, channel) = start(dir.path(), extra).await;
+    if !extra.is_empty() {
+        let log = dir.path().join("log");
+        let files: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            files.iter().any(|f| f.ends_with(".snap")) && files.iter().filter(|f| f.ends_with(".seg")).count() > 1,
+            "the load rolled segments and compacted them: {files:?}"
+        );
+    }
     let mut monitor = MonitorServiceClient::new(channel);
     let status = monitor
         .get_status(pb::GetStatusRequest::default())
