@@ -6,6 +6,7 @@
 //! command then travels to the agent, whose answer (applied, or rejected with a reason,
 //! or an answer to a query) closes it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -221,22 +222,23 @@ impl Core {
             let Some(task) = state.task_mut(&task_id) else {
                 return Ok(None);
             };
-            let Some(command) = task.open_commands.iter_mut().find(|c| c.id == command_id) else {
+            let Some(shared) = task.open_commands.iter_mut().find(|c| c.id == command_id) else {
                 return Ok(None);
             };
-            if command.state != CommandState::Admitted {
+            if shared.state != CommandState::Admitted {
                 // Sent again to a new stream: already DELIVERED.
-                return Ok(Some(command.clone()));
+                return Ok(Some((**shared).clone()));
             }
+            // Copied if anything else (an event, the store) still holds this version.
+            let command = Arc::make_mut(shared);
             command.state = CommandState::Delivered;
             command.update_time = tx.time;
             let delivered = command.clone();
             let detail = EventDetail::Command(Box::new(command.clone()));
             let coordinator = command.coordinator_id.clone();
-            if task.last_command.as_ref().is_some_and(|c| c.id == command_id)
-                && let EventDetail::Command(c) = &detail
-            {
-                task.last_command = Some((**c).clone());
+            let shared = shared.clone();
+            if task.last_command.as_ref().is_some_and(|c| c.id == command_id) {
+                task.last_command = Some(shared);
             }
             tx.event_by(
                 EventType::CoordinationDelivered,
@@ -322,7 +324,7 @@ impl State {
         if let Some(task_id) = self.command_index.get(id) {
             return self
                 .task_by_id(task_id)
-                .and_then(|t| t.open_commands.iter().find(|c| c.id == id).cloned());
+                .and_then(|t| t.open_commands.iter().find(|c| c.id == id).map(|c| (**c).clone()));
         }
         self.closed_commands.get(id).cloned()
     }
@@ -387,8 +389,9 @@ impl State {
         task.version += 1;
         task.update_time = now;
         task.controlling_coordinator = Some(coordinator_id.clone());
-        task.open_commands.push(command.clone());
-        task.last_command = Some(command.clone());
+        let shared = Arc::new(command.clone());
+        task.open_commands.push(shared.clone());
+        task.last_command = Some(shared);
         match action {
             CommandAction::BoostPriority => {
                 let priority = data
@@ -475,11 +478,11 @@ impl State {
     ) -> Option<Command> {
         let task = self.task_mut(task_id)?;
         let at = task.open_commands.iter().position(|c| c.id == command_id)?;
-        let mut command = task.open_commands.remove(at);
+        let mut command = Arc::unwrap_or_clone(task.open_commands.remove(at));
         change(&mut command);
         command.update_time = tx.time;
         if task.last_command.as_ref().is_some_and(|c| c.id == command_id) {
-            task.last_command = Some(command.clone());
+            task.last_command = Some(Arc::new(command.clone()));
         }
         let coordinator = command.coordinator_id.clone();
         let detail = EventDetail::Command(Box::new(command.clone()));
@@ -527,7 +530,7 @@ impl State {
         let open = self
             .task_by_id(&task_id)
             .and_then(|t| t.open_commands.iter().find(|c| c.id == command_id))
-            .is_some_and(is_open);
+            .is_some_and(|c| is_open(c));
         if open {
             self.close_command(tx, &task_id, command_id, EventType::CoordinationTimedOut, |c| {
                 c.state = CommandState::TimedOut;

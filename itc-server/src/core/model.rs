@@ -153,12 +153,13 @@ pub struct Task {
     /// Input requests waiting for an answer.
     #[serde(default)]
     pub open_inputs: Vec<InputRequest>,
-    /// Coordination commands not yet in a final state.
+    /// Coordination commands not yet in a final state. Shared (`Arc`): copying a task for
+    /// a change, an event or the store copies pointers, not commands.
     #[serde(default)]
-    pub open_commands: Vec<Command>,
+    pub open_commands: Vec<std::sync::Arc<Command>>,
     /// The last command applied to the task: who changed what.
     #[serde(default)]
-    pub last_command: Option<Command>,
+    pub last_command: Option<std::sync::Arc<Command>>,
     /// Its encoding for readers, made once per version of the task (not stored).
     #[serde(skip)]
     pub wire: WireCache,

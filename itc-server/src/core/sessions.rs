@@ -347,7 +347,7 @@ impl Core {
             .tasks
             .values()
             .filter(|t| t.agent_id == session_id)
-            .flat_map(|t| t.open_commands.iter().cloned().map(Push::Command))
+            .flat_map(|t| t.open_commands.iter().map(|c| Push::Command((**c).clone())))
             .collect();
         let epoch = {
             let mut ch = channel.lock();

@@ -166,8 +166,8 @@ pub(crate) fn task(t: &Task, now: SystemTime) -> pb::Task {
         stalled: t.stalled,
         orphaned: t.orphaned,
         stall_timeout: Some(duration(t.stall_timeout)),
-        open_commands: t.open_commands.iter().map(command).collect(),
-        last_command: t.last_command.as_ref().map(command),
+        open_commands: t.open_commands.iter().map(|c| command(c)).collect(),
+        last_command: t.last_command.as_deref().map(command),
     }
 }
 
