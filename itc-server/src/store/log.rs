@@ -57,8 +57,10 @@ const SEGMENT_MAGIC: &[u8; 7] = b"ITCLOG\0";
 const SNAPSHOT_MAGIC: &[u8; 7] = b"ITCSNP\0";
 /// Magic (8 bytes) and the file's number (u64).
 const FILE_HEADER: usize = 16;
-/// A record's length and checksum (CRC-32 of the length's four bytes, then the payload).
-const RECORD_HEADER: usize = 8;
+/// A record's header: its length, a CRC-32 of that length alone (so that damage to the
+/// length is told apart from a write cut short), and a CRC-32 of the length and the
+/// payload.
+const RECORD_HEADER: usize = 12;
 /// The largest record read back: anything longer is damage, not data.
 const MAX_RECORD: usize = 1 << 30;
 /// A snapshot is written as records of about this size (so a state of any size fits;
@@ -579,18 +581,25 @@ fn scan(path: &Path, magic: &[u8; 7], n: u64) -> Result<Scanned, String> {
     let mut pos = FILE_HEADER;
     let mut corrupt = false;
     while let Some(header) = data.get(pos..pos + RECORD_HEADER) {
-        let len = u32::from_le_bytes(four(&header[..4])) as usize;
-        let crc = u32::from_le_bytes(four(&header[4..]));
+        let len_bytes = four(&header[..4]);
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let len_check = u32::from_le_bytes(four(&header[4..8]));
+        let crc = u32::from_le_bytes(four(&header[8..]));
+        // A whole header whose length fails its own check: zeros are the unwritten end
+        // of a file a power loss left longer than its data; anything else is damage.
+        if crc32fast::hash(&len_bytes) != len_check || len > MAX_RECORD {
+            corrupt = data[pos..].iter().any(|&b| b != 0);
+            break;
+        }
         let start = pos + RECORD_HEADER;
         // Cut short: the end of a write a crash interrupted.
-        let Some(payload) = data.get(start..start + len).filter(|_| len <= MAX_RECORD) else {
+        let Some(payload) = data.get(start..start + len) else {
             break;
         };
         if record_crc(len as u32, payload) != crc {
             // A whole record that fails its checksum is damage, unless it is the file's
-            // last or only zeros follow (a write the machine lost part of: a file can
-            // come back longer than its data, padded with zeros).
-            corrupt = start + len < data.len() && data[pos..].iter().any(|&b| b != 0);
+            // last or only zeros follow (a write the machine lost part of).
+            corrupt = start + len < data.len() && data[start + len..].iter().any(|&b| b != 0);
             break;
         }
         records.push(start..start + len);
@@ -602,6 +611,15 @@ fn scan(path: &Path, magic: &[u8; 7], n: u64) -> Result<Scanned, String> {
         valid_len: pos,
         corrupt,
     })
+}
+
+/// A record's header (see [`RECORD_HEADER`]).
+fn record_header(len: u32, payload: &[u8]) -> [u8; RECORD_HEADER] {
+    let mut header = [0u8; RECORD_HEADER];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
+    header[8..].copy_from_slice(&record_crc(len, payload).to_le_bytes());
+    header
 }
 
 /// A record's checksum: its length, then its payload.
@@ -666,9 +684,7 @@ fn write_snapshot(dir: &Path, n: u64, folded: &mut Folded) -> Result<(), StoreEr
         for payload in &records {
             // Each is at most SNAPSHOT_RECORD plus one entry (a key under 64 KiB and a
             // value under 4 GiB, both checked by `put`).
-            let len = payload.len() as u32;
-            file.write_all(&len.to_le_bytes())?;
-            file.write_all(&record_crc(len, payload).to_le_bytes())?;
+            file.write_all(&record_header(payload.len() as u32, payload))?;
             file.write_all(payload)?;
         }
         let file = file.into_inner().map_err(std::io::IntoInnerError::into_error)?;
@@ -996,9 +1012,8 @@ impl Shared {
             if len > MAX_RECORD {
                 return Err(backend("encode", format!("a batch of {len} bytes")));
             }
-            let crc = record_crc(len as u32, &buf[RECORD_HEADER..]);
-            buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
-            buf[4..RECORD_HEADER].copy_from_slice(&crc.to_le_bytes());
+            let header = record_header(len as u32, &buf[RECORD_HEADER..]);
+            buf[..RECORD_HEADER].copy_from_slice(&header);
             Ok(())
         })();
         if let Err(e) = encoded {
@@ -1622,6 +1637,25 @@ mod tests {
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 3);
         assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
+    }
+
+    /// Damage to a record's length is refused, even where it would read as a write cut
+    /// short (the length pointing past the end): the records after it were acknowledged.
+    #[tokio::test]
+    async fn a_damaged_length_is_refused_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            store.commit(events(1..=1)).await.unwrap();
+            store.commit(events(2..=2)).await.unwrap();
+        }
+        let path = last_segment(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        data[FILE_HEADER + 2] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), data, "nothing truncated");
     }
 
     /// Zeros after the last record (a file the machine extended but did not fill before
