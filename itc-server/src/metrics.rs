@@ -18,6 +18,7 @@
 //! | `itc_events_delivered_total` | counter | log events sent to subscribers |
 //! | `itc_store_commit_seconds` | histogram | a commit's duration until acknowledged (durable store) |
 //! | `itc_store_batch_events` | histogram | events per commit (durable store) |
+//! | `itc_store_compaction_failures_total` | counter | failed log compactions (log store) |
 //!
 //! A call is counted when it ends: at its trailers (the status of a trailers-only
 //! response is in its headers), or as `CANCELLED` when the client goes away first. A
@@ -51,6 +52,7 @@ const EVENTS_PUBLISHED: &str = "itc_events_published_total";
 const EVENTS_DELIVERED: &str = "itc_events_delivered_total";
 const STORE_COMMIT: &str = "itc_store_commit_seconds";
 const STORE_BATCH: &str = "itc_store_batch_events";
+const STORE_COMPACTION_FAILURES: &str = "itc_store_compaction_failures_total";
 
 enum MetricType {
     Counter,
@@ -59,7 +61,7 @@ enum MetricType {
 }
 
 /// What each metric is (Prometheus' `# HELP` and `# TYPE` lines).
-const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 9] = [
+const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 10] = [
     (
         RPC_REQUESTS,
         MetricType::Counter,
@@ -103,6 +105,12 @@ const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 9] = [
         MetricType::Histogram,
         Some(Unit::Count),
         "Events per store commit (log store: per batch; SQLite: per group)",
+    ),
+    (
+        STORE_COMPACTION_FAILURES,
+        MetricType::Counter,
+        None,
+        "Log compactions that failed (old segments stay until one succeeds)",
     ),
 ];
 
@@ -248,6 +256,7 @@ impl Metrics {
             store: StoreMetrics {
                 commit_seconds: histogram(STORE_COMMIT),
                 batch_events: histogram(STORE_BATCH),
+                compaction_failures: counter(STORE_COMPACTION_FAILURES),
             },
             exporter: Some(Exporter {
                 handle: recorder.handle(),
@@ -328,6 +337,7 @@ fn kind_name(kind: SessionKind) -> &'static str {
 pub struct StoreMetrics {
     commit_seconds: Histogram,
     batch_events: Histogram,
+    compaction_failures: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -336,6 +346,7 @@ impl Default for StoreMetrics {
         Self {
             commit_seconds: Histogram::noop(),
             batch_events: Histogram::noop(),
+            compaction_failures: Counter::noop(),
         }
     }
 }
@@ -345,6 +356,11 @@ impl StoreMetrics {
     pub(crate) fn committed(&self, events: usize, took: Duration) {
         self.commit_seconds.record(took);
         self.batch_events.record(events as f64);
+    }
+
+    /// A log compaction failed.
+    pub(crate) fn compaction_failed(&self) {
+        self.compaction_failures.increment(1);
     }
 }
 

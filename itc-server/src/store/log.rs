@@ -930,6 +930,7 @@ impl LogStore {
                     if let Err(e) = compactor.compact(closed) {
                         // The log still holds everything: the next roll tries again.
                         tracing::error!(error = %e, "log compaction failed; old segments stay until one succeeds");
+                        compactor.metrics.compaction_failed();
                     }
                 }
             });
@@ -1799,6 +1800,37 @@ mod tests {
             assert!(matches!(&*store.shared.synced.borrow(), Synced::Upto(_)));
         }
         assert_eq!(store.durable_seq(), 200);
+    }
+
+    /// A compaction that fails (here: its temporary snapshot cannot be created) is
+    /// counted in the metrics, and the log is left whole.
+    #[tokio::test]
+    async fn a_failed_compaction_is_counted() {
+        let metrics = crate::metrics::Metrics::prometheus().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let store = LogStore::open_with_metrics(small.clone(), metrics.store()).unwrap();
+        // The first roll closes segment 1; its snapshot (2) cannot be created.
+        let blocker = dir.path().join("log").join("00000000000000000002.snap.tmp");
+        fs::create_dir(&blocker).unwrap();
+        for seq in 1..=20 {
+            store.commit(events(seq..=seq)).await.unwrap();
+        }
+        store.flush();
+        let text = metrics.render().unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("itc_store_compaction_failures_total"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let failures: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(failures >= 1.0, "{line}");
+        drop(store);
+        fs::remove_dir(&blocker).unwrap();
+        let store = LogStore::open(small).unwrap();
+        assert_eq!(seqs(&store, 0, 100), (1..=20).collect::<Vec<_>>(), "the log is whole");
     }
 
     /// After `flush`, nothing more is accepted and the data dir is free.
