@@ -18,7 +18,8 @@ use crate::types::{InputRequest, StatusPage, Task, TaskStatus};
 
 /// When and how often idempotent calls (reads, and writes the server deduplicates) are
 /// retried: only when the server is unavailable or the connection broke under the call
-/// (UNAVAILABLE, or CANCELLED/UNKNOWN from the transport), with capped exponential
+/// (UNAVAILABLE, a GOAWAY from a draining server, or CANCELLED/UNKNOWN from the
+/// transport), with capped exponential
 /// backoff and full jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -73,10 +74,11 @@ impl RetryPolicy {
                 // UNAVAILABLE, or a call cut by a broken connection (CANCELLED/UNKNOWN from
                 // the transport): only ever used for idempotent calls.
                 Err(status)
-                    if matches!(
+                    if (matches!(
                         status.code(),
                         tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-                    ) && attempt < self.max_attempts =>
+                    ) || crate::error::refused_by_go_away(&status))
+                        && attempt < self.max_attempts =>
                 {
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;

@@ -2,6 +2,21 @@
 
 use tonic::Code;
 
+/// Whether the server refused the call with an HTTP/2 GOAWAY: it is draining (shutting
+/// down to restart) and tells the client to go elsewhere. h2 fails the streams the server
+/// did not take with the GOAWAY's error, which tonic reports as INTERNAL ("h2 protocol
+/// error"); gRPC's meaning is UNAVAILABLE.
+pub(crate) fn refused_by_go_away(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote();
+        }
+        source = error.source();
+    }
+    false
+}
+
 /// An SDK error. Each variant says whether the same call may succeed later
 /// ([`Error::is_retryable`]).
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +34,10 @@ pub enum Error {
     #[error("cannot connect to the ITC server: {0}")]
     Connect(#[from] tonic::transport::Error),
     /// The server refused the request or failed; the status says why. Retryable only
-    /// for UNAVAILABLE and RESOURCE_EXHAUSTED (a DEADLINE_EXCEEDED call may have taken
-    /// effect: retry it only if it is idempotent).
+    /// for UNAVAILABLE and RESOURCE_EXHAUSTED, and for a call the server refused with an
+    /// HTTP/2 GOAWAY while draining (tonic reports it as INTERNAL; gRPC means
+    /// UNAVAILABLE). A DEADLINE_EXCEEDED call may have taken effect: retry it only if it
+    /// is idempotent.
     #[error("{} ({:?})", .0.message(), .0.code())]
     Status(#[from] tonic::Status),
     /// Data given to a call cannot be sent (e.g. it must be a JSON object). Not
@@ -69,7 +86,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect(_) | Error::SessionEnded { .. } => true,
-            Error::Status(status) => matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
+            Error::Status(status) => {
+                matches!(status.code(), Code::Unavailable | Code::ResourceExhausted) || refused_by_go_away(status)
+            }
             Error::InvalidUri { .. }
             | Error::InvalidData { .. }
             | Error::OutOfRange { .. }
@@ -82,10 +101,12 @@ impl Error {
     /// [`Error::is_retryable`]: a cut connection shows as CANCELLED or UNKNOWN).
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Error::Status(status) => matches!(
-                status.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
-            ),
+            Error::Status(status) => {
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
+                ) || refused_by_go_away(status)
+            }
             other => other.is_retryable(),
         }
     }
