@@ -1397,6 +1397,15 @@ mod tests {
         small
     }
 
+    fn append(path: &Path, bytes: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
     fn last_segment(dir: &Path) -> PathBuf {
         let log = dir.join("log");
         segment_path(&log, *numbered(&log, "seg").unwrap().last().unwrap())
@@ -1616,10 +1625,21 @@ mod tests {
         }
         let path = last_segment(dir.path());
         let whole = fs::metadata(&path).unwrap().len();
-        // A record header promising more than follows.
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
-        drop(file);
+        // A whole header whose length checks, promising more than follows.
+        let mut cut = record_header(200, &[]).to_vec();
+        cut.extend_from_slice(&[9, 9]);
+        append(&path, &cut);
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            assert_eq!(store.recover().unwrap().head_seq, 3);
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                whole,
+                "cut back to the last whole record"
+            );
+        }
+        // Half a header.
+        append(&path, &[200, 0, 0, 0, 1, 2]);
         {
             let store = LogStore::open(options(dir.path())).unwrap();
             assert_eq!(store.recover().unwrap().head_seq, 3);
@@ -1670,9 +1690,7 @@ mod tests {
         }
         let path = last_segment(dir.path());
         let whole = fs::metadata(&path).unwrap().len();
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&[0u8; 4096]).unwrap();
-        drop(file);
+        append(&path, &[0u8; 4096]);
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 2);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole);
