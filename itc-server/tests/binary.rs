@@ -61,6 +61,21 @@ async fn bad_settings_exit_non_zero_naming_the_setting() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("coordination_timeout"), "{stderr}");
 
+    // The store settings: a kind or a level that does not exist, a segment too small.
+    for (flag, value, named) in [
+        ("--store", "bogus", "--store"),
+        ("--sync", "always", "--sync"),
+        ("--log-segment-bytes", "100", "log_segment_bytes"),
+    ] {
+        let (code, stderr) = run_to_end(server().args([flag, value, "--listen", "127.0.0.1:0"])).await;
+        assert_eq!(code, Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(named), "{flag} {value}: {stderr}");
+    }
+    std::fs::write(&file, "store = \"bogus\"\n").expect("write config");
+    let (code, stderr) = run_to_end(server().arg("--config").arg(&file)).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("bogus") && stderr.contains("itc.toml"), "{stderr}");
+
     std::fs::write(&file, "enable_streeming = false\n").expect("write config");
     let (code, stderr) = run_to_end(server().arg("--config").arg(&file)).await;
     assert_eq!(code, Some(2), "{stderr}");

@@ -78,8 +78,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Reads back what the store holds, once, at start.
     fn recover(&self) -> Result<Recovered, StoreError>;
 
-    /// Queues a batch. Must not block: the core calls it under its lock. The returned
-    /// future resolves when the batch is durable; batches become durable in call order.
+    /// Submits a batch. The core calls it under its lock, so it must not wait on anything
+    /// but its own short work: handing the batch to a thread (SQLite), or one `write` to
+    /// the OS (the log store), never a disk sync. The returned future resolves when the
+    /// batch is durable; batches become durable in call order.
     fn commit(&self, batch: Batch) -> Commit;
 
     /// Up to `limit` retained events with seq greater than `after_seq`, oldest first.
