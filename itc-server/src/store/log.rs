@@ -1,12 +1,15 @@
 //! The embedded, durable store (the default): an append-only log of group records, with
 //! snapshots.
 //!
-//! Each [`Batch`] becomes one *record* appended to the current segment file by the
-//! committing call itself, under the store's lock: `[len u32][crc32 u32][entries]`. The
-//! record is the unit of atomicity: at start a record whose checksum fails, or that was
-//! cut short, ends the log there (a torn tail is truncated; damage before the last record
-//! refuses to start). There is no hand-off to another thread on the way to the
-//! acknowledgement, so a commit costs one `write(2)`; how it then reaches the disk is the
+//! Each [`Batch`] becomes one *record* appended to the current segment file:
+//! `[len u32][crc32 u32][crc32 u32][entries]`. The record is the unit of atomicity: at
+//! start a record whose checksum fails, or that was cut short, ends the log there (a torn
+//! tail is truncated; damage before the last record refuses to start). There is no
+//! hand-off to another thread on the way to the acknowledgement. [`Store::commit`] only
+//! takes a ticket, under the core's lock; the commit then encodes its record with no lock
+//! held (calls encode in parallel) and queues it, and records are written in ticket order:
+//! whoever queues the next record writes it with every record queued in order behind it,
+//! in one `write(2)` (see [`Queue`]). How a written record then reaches the disk is the
 //! [`SyncLevel`]:
 //!
 //! - `full`: the commit resolves once a sync thread's `fdatasync` covers it. Syncs are
@@ -36,7 +39,7 @@
 //! `NNNNNNNNNNNNNNNNNNNN.snap` (the state before segment N). Each file starts with an
 //! 8-byte magic whose last byte is the format version, and its own number.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -45,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{Batch, Commit, Recovered, Store, StoreError, SyncLevel, lock_dir};
 use crate::core::{Event, Task};
@@ -126,6 +129,8 @@ pub struct LogStore {
 struct Shared {
     dir: PathBuf,
     sync: SyncLevel,
+    /// Records between the core's lock and the file, in order.
+    queue: Mutex<Queue>,
     writer: Mutex<Writer>,
     index: Mutex<Index>,
     sync_state: Mutex<SyncState>,
@@ -882,6 +887,7 @@ impl LogStore {
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             sync: options.sync,
+            queue: Mutex::new(Queue::default()),
             writer: Mutex::new(Writer {
                 file: file.clone(),
                 segno,
@@ -960,89 +966,244 @@ impl LogStore {
     }
 }
 
+/// A batch encoded as one record (header included), waiting for its turn to be written.
+#[derive(Debug)]
+struct Encoded {
+    bytes: Vec<u8>,
+    /// Each event's seq, time, and the offset and length of its body in `bytes`.
+    events: Vec<(u64, i64, usize, u32)>,
+    started: Instant,
+}
+
+/// Encodes `batch` as one record. Touches no shared state: commits encode in parallel,
+/// outside every lock.
+fn encode(batch: &Batch, started: Instant) -> Result<Encoded, StoreError> {
+    let mut buf = Vec::with_capacity(1024);
+    buf.extend_from_slice(&[0; RECORD_HEADER]);
+    let mut events = Vec::with_capacity(batch.events.len());
+    for event in &batch.events {
+        let time_ms = millis(event.time);
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&event.seq.to_le_bytes());
+        key[8..].copy_from_slice(&time_ms.to_le_bytes());
+        let (at, len) = put_json(&mut buf, kind::EVENT, &key, &**event)?;
+        events.push((event.seq, time_ms, at, len));
+    }
+    for task in &batch.upserts {
+        put_json(&mut buf, kind::TASK, task.id.as_bytes(), &**task)?;
+    }
+    for id in &batch.removals {
+        put(&mut buf, kind::REMOVE, id.as_bytes(), &[])?;
+    }
+    for command in &batch.closed_commands {
+        put_json(&mut buf, kind::COMMAND, command.id.as_bytes(), command)?;
+    }
+    for input in &batch.closed_inputs {
+        put_json(&mut buf, kind::INPUT, input.id.as_bytes(), input)?;
+    }
+    for (key, value) in &batch.meta {
+        put(&mut buf, kind::META, key.as_bytes(), &value.to_le_bytes())?;
+    }
+    let len = buf.len() - RECORD_HEADER;
+    if len > MAX_RECORD {
+        return Err(backend("encode", format!("a batch of {len} bytes")));
+    }
+    let header = record_header(len as u32, &buf[RECORD_HEADER..]);
+    buf[..RECORD_HEADER].copy_from_slice(&header);
+    Ok(Encoded {
+        bytes: buf,
+        events,
+        started,
+    })
+}
+
+/// Records on their way from the core's lock to the file. Each commit takes a ticket
+/// while the core's lock orders it, encodes its batch with no lock held, and queues the
+/// record; the records are written in ticket order. Whoever queues the next record to be
+/// written writes it, with every record queued in order after it, in one `write`; a commit
+/// whose record is not next leaves it to that writer and waits for its answer.
+#[derive(Debug, Default)]
+struct Queue {
+    /// The next ticket to hand out.
+    next_ticket: u64,
+    /// The next ticket to write: every ticket before it is resolved.
+    next_write: u64,
+    /// Records (or their encoding failures) waiting for the ones before them, by ticket.
+    ready: BTreeMap<u64, Slot>,
+    /// A commit is writing: it takes the records queued after its own too.
+    writing: bool,
+}
+
+/// A record waiting in the [`Queue`], and where its outcome goes (`None`: the commit
+/// that queued it writes it itself).
+#[derive(Debug)]
+struct Slot {
+    record: Result<Encoded, StoreError>,
+    reply: Option<oneshot::Sender<Result<u64, StoreError>>>,
+}
+
+/// What became of a queued record: written by the call that queued it (its outcome: the
+/// log position after it), or to be written by another commit (its outcome comes later).
+enum Queued {
+    Done(Result<u64, StoreError>),
+    Later(oneshot::Receiver<Result<u64, StoreError>>),
+}
+
+/// A commit's place in the [`Queue`]. Dropped before its batch was queued (the caller
+/// dropped the commit without polling it), it queues the batch then: the records after it
+/// wait for it.
+struct Pending {
+    shared: Arc<Shared>,
+    ticket: u64,
+    batch: Option<Batch>,
+    started: Instant,
+}
+
+impl Pending {
+    /// Encodes and queues the batch, and writes what is ready if no one else is.
+    fn submit(&mut self) -> Option<Queued> {
+        let batch = self.batch.take()?;
+        let encoded = encode(&batch, self.started);
+        // The tasks and events are released before the write: a change to one of these
+        // tasks meanwhile need not copy it.
+        drop(batch);
+        Some(self.shared.queue_and_write(self.ticket, encoded))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let _ = self.submit();
+    }
+}
+
 impl Shared {
-    /// Writes `batch` as one record; returns the log position after it.
-    fn append(&self, batch: &Batch) -> Result<u64, StoreError> {
-        let started = Instant::now();
+    /// Takes the next ticket (called under the core's lock, so tickets follow seqs).
+    fn ticket(&self) -> u64 {
+        let mut queue = lock(&self.queue);
+        queue.next_ticket += 1;
+        queue.next_ticket - 1
+    }
+
+    /// Queues record `ticket`, then, unless another commit is writing or an earlier
+    /// record is still being encoded, writes every record ready in order (see [`Queue`]).
+    fn queue_and_write(&self, ticket: u64, record: Result<Encoded, StoreError>) -> Queued {
+        let mut queue = lock(&self.queue);
+        if queue.writing || ticket != queue.next_write {
+            let (reply, answer) = oneshot::channel();
+            queue.ready.insert(
+                ticket,
+                Slot {
+                    record,
+                    reply: Some(reply),
+                },
+            );
+            return Queued::Later(answer);
+        }
+        queue.writing = true;
+        queue.ready.insert(ticket, Slot { record, reply: None });
+        let mut own = None;
+        loop {
+            let first = queue.next_write;
+            let mut group = Vec::new();
+            while let Some(slot) = queue.ready.remove(&(first + group.len() as u64)) {
+                group.push(slot);
+            }
+            if group.is_empty() {
+                queue.writing = false;
+                // The first group holds this call's own record.
+                return Queued::Done(own.unwrap_or(Err(StoreError::Closed)));
+            }
+            queue.next_write = first + group.len() as u64;
+            drop(queue);
+            let (records, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|s| (s.record, s.reply)).unzip();
+            for (outcome, reply) in self.write_group(records).into_iter().zip(replies) {
+                match reply {
+                    Some(reply) => {
+                        // Its commit may be gone (dropped): nobody to tell.
+                        let _ = reply.send(outcome);
+                    }
+                    None => own = Some(outcome),
+                }
+            }
+            queue = lock(&self.queue);
+        }
+    }
+
+    /// Writes `records`, in order, with one `write`; the outcome of each: the log position
+    /// after the group, or why it was not written. A record that fails to encode or does
+    /// not continue the seqs is skipped (nothing of it is written); once a write fails,
+    /// this and every later record fails (nothing after a lost record may be acknowledged).
+    fn write_group(&self, records: Vec<Result<Encoded, StoreError>>) -> Vec<Result<u64, StoreError>> {
         let mut w = lock(&self.writer);
-        if let Some(e) = &w.failed {
-            return Err(e.clone());
-        }
-        if w.closed {
-            return Err(StoreError::Closed);
-        }
         let mut head = w.head;
-        for event in &batch.events {
-            if event.seq != head + 1 {
-                return Err(StoreError::Backend(format!(
-                    "event seq {} does not follow head {head}",
-                    event.seq
-                )));
+        let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(records.len());
+        let mut valid = Vec::with_capacity(records.len());
+        for record in records {
+            let usable = match (&w.failed, w.closed) {
+                (Some(e), _) => Err(e.clone()),
+                (None, true) => Err(StoreError::Closed),
+                (None, false) => Ok(()),
+            };
+            let checked = usable.and(record).and_then(|record| {
+                let mut next = head;
+                for &(seq, ..) in &record.events {
+                    if seq != next + 1 {
+                        return Err(StoreError::Backend(format!(
+                            "event seq {seq} does not follow head {next}"
+                        )));
+                    }
+                    next = seq;
+                }
+                head = next;
+                Ok(record)
+            });
+            match checked {
+                Ok(record) => {
+                    // Filled in once the write succeeds.
+                    outcomes.push(Ok(0));
+                    valid.push(record);
+                }
+                Err(e) => outcomes.push(Err(e)),
             }
-            head = event.seq;
         }
-        let mut buf = std::mem::take(&mut w.buf);
-        buf.clear();
-        buf.extend_from_slice(&[0; RECORD_HEADER]);
-        let mut spans = Vec::with_capacity(batch.events.len());
-        let encoded = (|| {
-            for event in &batch.events {
-                let time_ms = millis(event.time);
-                let mut key = [0u8; 16];
-                key[..8].copy_from_slice(&event.seq.to_le_bytes());
-                key[8..].copy_from_slice(&time_ms.to_le_bytes());
-                let (at, len) = put_json(&mut buf, kind::EVENT, &key, &**event)?;
-                spans.push((at, len, time_ms));
+        if valid.is_empty() {
+            return outcomes;
+        }
+        let written = if let [record] = valid.as_slice() {
+            (&*w.file).write_all(&record.bytes)
+        } else {
+            let mut buf = std::mem::take(&mut w.buf);
+            buf.clear();
+            for record in &valid {
+                buf.extend_from_slice(&record.bytes);
             }
-            for task in &batch.upserts {
-                put_json(&mut buf, kind::TASK, task.id.as_bytes(), &**task)?;
-            }
-            for id in &batch.removals {
-                put(&mut buf, kind::REMOVE, id.as_bytes(), &[])?;
-            }
-            for command in &batch.closed_commands {
-                put_json(&mut buf, kind::COMMAND, command.id.as_bytes(), command)?;
-            }
-            for input in &batch.closed_inputs {
-                put_json(&mut buf, kind::INPUT, input.id.as_bytes(), input)?;
-            }
-            for (key, value) in &batch.meta {
-                put(&mut buf, kind::META, key.as_bytes(), &value.to_le_bytes())?;
-            }
-            let len = buf.len() - RECORD_HEADER;
-            if len > MAX_RECORD {
-                return Err(backend("encode", format!("a batch of {len} bytes")));
-            }
-            let header = record_header(len as u32, &buf[RECORD_HEADER..]);
-            buf[..RECORD_HEADER].copy_from_slice(&header);
-            Ok(())
-        })();
-        if let Err(e) = encoded {
-            // Nothing was written: the log is intact.
+            let written = (&*w.file).write_all(&buf);
             w.buf = buf;
-            return Err(e);
-        }
-        if let Err(e) = (&*w.file).write_all(&buf) {
+            written
+        };
+        if let Err(e) = written {
             let e = backend(&format!("cannot write segment {}", w.segno), e);
             w.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
-            w.buf = buf;
-            return Err(e);
+            return outcomes.into_iter().map(|_| Err(e.clone())).collect();
         }
-        let at = w.len;
-        w.len += buf.len() as u64;
-        w.lsn += buf.len() as u64;
+        let mut at = w.len;
+        let total: u64 = valid.iter().map(|r| r.bytes.len() as u64).sum();
+        w.len += total;
+        w.lsn += total;
         w.head = head;
-        w.buf = buf;
-        if !spans.is_empty() {
-            let first = head + 1 - spans.len() as u64;
+        if valid.iter().any(|r| !r.events.is_empty()) {
             let mut index = lock(&self.index);
-            for (i, (offset, len, time_ms)) in spans.into_iter().enumerate() {
-                let span = Span {
-                    offset: at + offset as u64,
-                    len,
-                    time_ms,
-                };
-                index.push(w.segno, &w.file, first + i as u64, span);
+            for record in &valid {
+                for &(seq, time_ms, offset, len) in &record.events {
+                    let span = Span {
+                        offset: at + offset as u64,
+                        len,
+                        time_ms,
+                    };
+                    index.push(w.segno, &w.file, seq, span);
+                }
+                at += record.bytes.len() as u64;
             }
             self.retain(&mut w, &index);
         }
@@ -1063,9 +1224,14 @@ impl Shared {
         }
         drop(w);
         if self.sync != SyncLevel::Full {
-            self.metrics.committed(batch.events.len(), started.elapsed());
+            for record in &valid {
+                self.metrics.committed(record.events.len(), record.started.elapsed());
+            }
         }
-        Ok(lsn)
+        for at in outcomes.iter_mut().flatten() {
+            *at = lsn;
+        }
+        outcomes
     }
 
     /// Moves the oldest retained seq: by count at every commit, by age once per
@@ -1279,17 +1445,27 @@ impl Store for LogStore {
     }
 
     fn commit(&self, batch: Batch) -> Commit {
-        let started = Instant::now();
-        let lsn = match self.shared.append(&batch) {
-            Ok(lsn) => lsn,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        if self.shared.sync != SyncLevel::Full {
-            return Box::pin(std::future::ready(Ok(())));
-        }
-        let mut synced = self.shared.synced.subscribe();
         let shared = self.shared.clone();
+        let events = batch.events.len();
+        let started = Instant::now();
+        // The ticket is taken here, under the core's lock; the rest runs once the lock is
+        // released, when the commit is first polled (or dropped).
+        let mut pending = Pending {
+            ticket: shared.ticket(),
+            shared: shared.clone(),
+            batch: Some(batch),
+            started,
+        };
         Box::pin(async move {
+            let lsn = match pending.submit() {
+                Some(Queued::Done(outcome)) => outcome?,
+                Some(Queued::Later(answer)) => answer.await.unwrap_or(Err(StoreError::Closed))?,
+                None => return Err(StoreError::Closed),
+            };
+            if shared.sync != SyncLevel::Full {
+                return Ok(());
+            }
+            let mut synced = shared.synced.subscribe();
             let result = match synced
                 .wait_for(|s| match s {
                     Synced::Upto(at) => *at >= lsn,
@@ -1304,7 +1480,7 @@ impl Store for LogStore {
                 Err(_) => Err(StoreError::Closed),
             };
             if result.is_ok() {
-                shared.metrics.committed(batch.events.len(), started.elapsed());
+                shared.metrics.committed(events, started.elapsed());
             }
             result
         })
@@ -1453,6 +1629,47 @@ mod tests {
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 14);
         assert_eq!(seqs(&store, 12, 10), vec![13, 14]);
+    }
+
+    /// Polls `commit` once: it encodes and queues its record (and writes it if it is next).
+    fn poll_once(commit: &mut Commit) -> std::task::Poll<Result<(), StoreError>> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        commit.as_mut().poll(&mut cx)
+    }
+
+    /// Records are written in the order their commits were taken (the core's order),
+    /// whichever encodes first: a commit whose record is not next waits, and the commit
+    /// that writes the next record writes the ones queued behind it too. A commit dropped
+    /// without being polled is still written, and the later ones do not wait forever; a
+    /// record that does not continue the seqs fails alone.
+    #[tokio::test]
+    async fn records_are_written_in_commit_order_whoever_encodes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            let first = store.commit(events(1..=1));
+            let mut second = store.commit(events(2..=3));
+            let mut gap = store.commit(events(9..=9));
+            let mut third = store.commit(events(4..=4));
+            assert!(poll_once(&mut third).is_pending(), "not next: it waits");
+            assert!(poll_once(&mut gap).is_pending());
+            assert!(poll_once(&mut second).is_pending());
+            assert_eq!(store.durable_seq(), 0, "nothing written before the first record");
+            first.await.unwrap();
+            assert_eq!(store.durable_seq(), 4, "the first commit wrote the queued ones too");
+            second.await.unwrap();
+            third.await.unwrap();
+            assert!(gap.await.is_err(), "a gap fails alone");
+            let dropped = store.commit(events(5..=5));
+            let after = store.commit(events(6..=6));
+            drop(dropped);
+            after.await.unwrap();
+            assert_eq!(seqs(&store, 0, 100), vec![1, 2, 3, 4, 5, 6]);
+        }
+        let store = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 6);
+        assert_eq!(seqs(&store, 0, 100), vec![1, 2, 3, 4, 5, 6], "in order on disk too");
+        store.commit(events(7..=7)).await.unwrap();
     }
 
     fn command(id: &str) -> Command {

@@ -79,9 +79,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn recover(&self) -> Result<Recovered, StoreError>;
 
     /// Submits a batch. The core calls it under its lock, so it must not wait on anything
-    /// but its own short work: handing the batch to a thread (SQLite), or one `write` to
-    /// the OS (the log store), never a disk sync. The returned future resolves when the
-    /// batch is durable; batches become durable in call order.
+    /// but its own short work: handing the batch to a thread (SQLite), or taking its place
+    /// in the write order (the log store, which encodes and writes when the returned
+    /// future is first polled, or dropped, after the core's lock is released), never a
+    /// disk sync. The returned future resolves when the batch is durable; batches become
+    /// durable in call order.
     fn commit(&self, batch: Batch) -> Commit;
 
     /// Up to `limit` retained events with seq greater than `after_seq`, oldest first.
