@@ -237,6 +237,7 @@ impl Core {
             let detail = EventDetail::Command(Box::new(command.clone()));
             let coordinator = command.coordinator_id.clone();
             let shared = shared.clone();
+            tx.batch.commands.push(shared.clone());
             if task.last_command.as_ref().is_some_and(|c| c.id == command_id) {
                 task.last_command = Some(shared);
             }
@@ -391,6 +392,7 @@ impl State {
         task.controlling_coordinator = Some(coordinator_id.clone());
         let shared = Arc::new(command.clone());
         task.open_commands.push(shared.clone());
+        tx.batch.commands.push(shared.clone());
         task.last_command = Some(shared);
         match action {
             CommandAction::BoostPriority => {

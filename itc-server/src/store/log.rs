@@ -51,11 +51,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 
 use super::{Batch, Commit, Recovered, Store, StoreError, SyncLevel, lock_dir};
-use crate::core::{Event, Task};
+use crate::core::{Command, Event, InputRequest, JsonMap, Plan, Task, TaskError, TaskStatus};
 use crate::metrics::StoreMetrics;
 
 /// The format this build writes (the last byte of each file's magic).
-pub const LOG_FORMAT: u8 = 1;
+pub const LOG_FORMAT: u8 = 2;
 const SEGMENT_MAGIC: &[u8; 7] = b"ITCLOG\0";
 const SNAPSHOT_MAGIC: &[u8; 7] = b"ITCSNP\0";
 /// Magic (8 bytes) and the file's number (u64).
@@ -90,6 +90,147 @@ mod kind {
     pub(super) const META: u8 = 6;
     /// (Snapshots only) the head seq: value u64.
     pub(super) const HEAD: u8 = 7;
+    /// An open command as it is after a change: key id, value JSON (format 2).
+    pub(super) const OPEN_COMMAND: u8 = 8;
+}
+
+/// A task entry's value: the task as [`Task`] serializes it, except its commands. Each
+/// open command is its own entry, written when it changes, so a task lists their ids;
+/// its last command is an id when it is open, and whole otherwise (it may be gone from the
+/// kept closed commands). Writing every open command with every write of its task made
+/// a task's JSON grow with its open commands, and encoding them was most of a write.
+#[derive(serde::Serialize)]
+struct TaskEntry<'a> {
+    id: &'a str,
+    agent_id: &'a str,
+    description: &'a str,
+    status: TaskStatus,
+    progress: f64,
+    status_message: &'a str,
+    metadata: &'a Option<JsonMap>,
+    priority: i32,
+    plan: &'a Plan,
+    version: u64,
+    create_time: SystemTime,
+    start_time: Option<SystemTime>,
+    update_time: SystemTime,
+    finish_time: Option<SystemTime>,
+    controlling_coordinator: &'a Option<String>,
+    result: &'a Option<serde_json::Value>,
+    error: &'a Option<TaskError>,
+    reason: &'a Option<String>,
+    stalled: bool,
+    orphaned: bool,
+    stall_timeout: Duration,
+    create_seq: u64,
+    open_inputs: &'a [InputRequest],
+    open_command_ids: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_command_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_command: Option<&'a Command>,
+}
+
+impl<'a> TaskEntry<'a> {
+    fn new(task: &'a Task) -> Self {
+        // Every field, by name: a field added to `Task` must be added here too.
+        let Task {
+            id,
+            agent_id,
+            description,
+            status,
+            progress,
+            status_message,
+            metadata,
+            priority,
+            plan,
+            version,
+            create_time,
+            start_time,
+            update_time,
+            finish_time,
+            controlling_coordinator,
+            result,
+            error,
+            reason,
+            stalled,
+            orphaned,
+            stall_timeout,
+            create_seq,
+            lock: _,
+            open_inputs,
+            open_commands,
+            last_command,
+            wire: _,
+        } = task;
+        let last_open = last_command
+            .as_ref()
+            .filter(|last| open_commands.iter().any(|c| Arc::ptr_eq(c, last)));
+        Self {
+            id,
+            agent_id,
+            description,
+            status: *status,
+            progress: *progress,
+            status_message,
+            metadata,
+            priority: *priority,
+            plan,
+            version: *version,
+            create_time: *create_time,
+            start_time: *start_time,
+            update_time: *update_time,
+            finish_time: *finish_time,
+            controlling_coordinator,
+            result,
+            error,
+            reason,
+            stalled: *stalled,
+            orphaned: *orphaned,
+            stall_timeout: *stall_timeout,
+            create_seq: *create_seq,
+            open_inputs,
+            open_command_ids: open_commands.iter().map(|c| c.id.as_str()).collect(),
+            last_command_id: last_open.map(|c| c.id.as_str()),
+            last_command: if last_open.is_some() {
+                None
+            } else {
+                last_command.as_deref()
+            },
+        }
+    }
+}
+
+/// The command references of a task entry (absent in format 1, which wrote the commands
+/// whole).
+#[derive(serde::Deserialize)]
+struct CommandRefs {
+    #[serde(default)]
+    open_command_ids: Vec<String>,
+    #[serde(default)]
+    last_command_id: Option<String>,
+}
+
+/// Decodes a task entry, its commands taken from `open` (the open commands by id).
+fn decode_task(body: &[u8], open: &HashMap<String, Arc<Command>>) -> Result<Task, String> {
+    let mut task: Task = serde_json::from_slice(body).map_err(|e| format!("a task: {e}"))?;
+    let refs: CommandRefs = serde_json::from_slice(body).map_err(|e| format!("a task: {e}"))?;
+    let find = |id: &str| {
+        open.get(id).cloned().ok_or_else(|| {
+            format!(
+                "task `{}` lists open command `{id}`, which the log does not hold",
+                task.id
+            )
+        })
+    };
+    for id in &refs.open_command_ids {
+        let command = find(id)?;
+        task.open_commands.push(command);
+    }
+    if let Some(id) = &refs.last_command_id {
+        task.last_command = Some(find(id)?);
+    }
+    Ok(task)
 }
 
 /// Options of the log store.
@@ -452,6 +593,8 @@ impl Kept {
 struct Folded {
     head_seq: u64,
     tasks: HashMap<Vec<u8>, Vec<u8>>,
+    /// Open commands by id (a closed command's entry removes it).
+    open_commands: HashMap<Vec<u8>, Vec<u8>>,
     commands: Kept,
     inputs: Kept,
     meta: HashMap<Vec<u8>, i64>,
@@ -469,7 +612,13 @@ impl Folded {
                     self.tasks.remove(entry.key);
                 }
                 kind::EVENT => self.head_seq = self.head_seq.max(event_key(entry.key)?.0),
-                kind::COMMAND => self.commands.put(entry.key, entry.value),
+                kind::OPEN_COMMAND => {
+                    self.open_commands.insert(entry.key.to_vec(), entry.value.to_vec());
+                }
+                kind::COMMAND => {
+                    self.open_commands.remove(entry.key);
+                    self.commands.put(entry.key, entry.value);
+                }
                 kind::INPUT => self.inputs.put(entry.key, entry.value),
                 kind::META => {
                     self.meta
@@ -498,6 +647,9 @@ impl Folded {
             }
         };
         put_one(kind::HEAD, &[], &self.head_seq.to_le_bytes())?;
+        for (id, body) in &self.open_commands {
+            put_one(kind::OPEN_COMMAND, id, body)?;
+        }
         for (id, body) in &self.tasks {
             put_one(kind::TASK, id, body)?;
         }
@@ -514,9 +666,17 @@ impl Folded {
     }
 
     fn decode(mut self) -> Result<Recovered, String> {
+        let open = self
+            .open_commands
+            .values()
+            .map(|body| {
+                let command: Command = serde_json::from_slice(body).map_err(|e| format!("an open command: {e}"))?;
+                Ok((command.id.clone(), Arc::new(command)))
+            })
+            .collect::<Result<HashMap<_, _>, String>>()?;
         let mut tasks = Vec::with_capacity(self.tasks.len());
         for body in self.tasks.values() {
-            tasks.push(serde_json::from_slice::<Task>(body).map_err(|e| format!("a task: {e}"))?);
+            tasks.push(decode_task(body, &open)?);
         }
         tasks.sort_by_key(|t| t.create_seq);
         let closed_commands = self
@@ -989,8 +1149,12 @@ fn encode(batch: &Batch, started: Instant) -> Result<Encoded, StoreError> {
         let (at, len) = put_json(&mut buf, kind::EVENT, &key, &**event)?;
         events.push((event.seq, time_ms, at, len));
     }
+    // Before the closed commands: a command opened and closed by one change ends closed.
+    for command in &batch.commands {
+        put_json(&mut buf, kind::OPEN_COMMAND, command.id.as_bytes(), &**command)?;
+    }
     for task in &batch.upserts {
-        put_json(&mut buf, kind::TASK, task.id.as_bytes(), &**task)?;
+        put_json(&mut buf, kind::TASK, task.id.as_bytes(), &TaskEntry::new(task))?;
     }
     for id in &batch.removals {
         put(&mut buf, kind::REMOVE, id.as_bytes(), &[])?;
@@ -1725,6 +1889,131 @@ mod tests {
         assert_eq!(recovered.closed_commands[0], c1, "read back exactly");
         assert_eq!(recovered.meta.get("global_interrupt"), Some(&1));
         assert!(store.recover().is_err(), "the state is read back once");
+    }
+
+    /// A task's open commands are written once each, when they change, not with every
+    /// write of their task; they come back in their task, through the log and through a
+    /// snapshot: its last command the same as the open one while open, whole once closed;
+    /// a closed command leaves the open ones.
+    #[tokio::test]
+    async fn open_commands_are_written_once_and_come_back_in_their_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let open = |id: &str, note: &str| {
+            Arc::new(Command {
+                data: Some(JsonMap::from_iter([("note".to_owned(), serde_json::json!(note))])),
+                state: CommandState::Admitted,
+                task_id: "steered".into(),
+                ..command(id)
+            })
+        };
+        let kept = open("kept", "kept-marker");
+        let done = open("done", "done-marker");
+        let closed = Command {
+            state: CommandState::Applied,
+            ..(*done).clone()
+        };
+        let steered = |version: u64, commands: Vec<Arc<Command>>, last: Option<Arc<Command>>| {
+            Arc::new(Task {
+                open_commands: commands,
+                last_command: last,
+                ..(*task("steered", version)).clone()
+            })
+        };
+        let mut batches = Vec::new();
+        // Seq 1: `kept` admitted; 2..=5: the task changes with it open.
+        batches.push(Batch {
+            events: vec![event(1)],
+            upserts: vec![steered(1, vec![kept.clone()], Some(kept.clone()))],
+            commands: vec![kept.clone()],
+            ..Batch::default()
+        });
+        for seq in 2..=5 {
+            batches.push(Batch {
+                events: vec![event(seq)],
+                upserts: vec![steered(seq, vec![kept.clone()], Some(kept.clone()))],
+                ..Batch::default()
+            });
+        }
+        // Seq 6: `done` admitted; 7: closed (the last command, now whole).
+        batches.push(Batch {
+            events: vec![event(6)],
+            upserts: vec![steered(6, vec![kept.clone(), done.clone()], Some(done.clone()))],
+            commands: vec![done.clone()],
+            ..Batch::default()
+        });
+        batches.push(Batch {
+            events: vec![event(7)],
+            upserts: vec![steered(7, vec![kept.clone()], Some(Arc::new(closed.clone())))],
+            closed_commands: vec![closed.clone()],
+            ..Batch::default()
+        });
+        let check = |recovered: &Recovered, from: &str| {
+            let task = recovered.tasks.iter().find(|t| t.id == "steered").unwrap();
+            assert_eq!(task.version, 7, "{from}");
+            assert_eq!(task.open_commands, vec![kept.clone()], "{from}");
+            assert_eq!(task.last_command.as_deref(), Some(&closed), "{from}");
+            assert_eq!(recovered.closed_commands, vec![closed.clone()], "{from}");
+        };
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            for batch in batches {
+                store.commit(batch).await.unwrap();
+            }
+            let log = dir.path().join("log");
+            let segment: Vec<u8> = numbered(&log, "seg")
+                .unwrap()
+                .into_iter()
+                .flat_map(|n| fs::read(segment_path(&log, n)).unwrap())
+                .collect();
+            let count = |marker: &str| {
+                segment
+                    .windows(marker.len())
+                    .filter(|w| *w == marker.as_bytes())
+                    .count()
+            };
+            assert_eq!(
+                count("kept-marker"),
+                1,
+                "written once, not with each of the 7 task writes"
+            );
+            assert_eq!(
+                count("done-marker"),
+                3,
+                "admitted, closed, and whole as the last command once closed"
+            );
+        }
+        let store = LogStore::open(small.clone()).unwrap();
+        check(&store.recover().unwrap(), "the log");
+        // Fill segments until a snapshot folds them all (the task is never written again).
+        for seq in 8..=200 {
+            store.commit(events(seq..=seq)).await.unwrap();
+        }
+        store.flush();
+        drop(store);
+        assert!(!numbered(&dir.path().join("log"), "snap").unwrap().is_empty());
+        let store = LogStore::open(small).unwrap();
+        check(&store.recover().unwrap(), "a snapshot");
+    }
+
+    /// A task entry of format 1 (its commands whole, as `Task` serializes them) still
+    /// decodes, commands included.
+    #[test]
+    fn format_1_task_entries_decode() {
+        let open = Arc::new(Command {
+            state: CommandState::Admitted,
+            ..command("c1")
+        });
+        let task = Task {
+            open_commands: vec![open.clone()],
+            last_command: Some(open),
+            ..(*task("t", 3)).clone()
+        };
+        let body = serde_json::to_vec(&task).unwrap();
+        assert_eq!(decode_task(&body, &HashMap::new()).unwrap(), task);
     }
 
     /// Small segments roll over; the compactor snapshots the state and deletes segments

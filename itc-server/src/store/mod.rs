@@ -44,6 +44,10 @@ pub struct Batch {
     pub removals: Vec<String>,
     /// Events to append, in seq order, continuing the log without a gap.
     pub events: Vec<Arc<Event>>,
+    /// Open commands admitted or changed by this change, as they are after it (they are
+    /// also in their tasks' `open_commands`: a store may write each command once, when it
+    /// changes, instead of with every write of its task).
+    pub commands: Vec<Arc<Command>>,
     /// Commands that reached their final state (kept, bounded, for reads and retries).
     pub closed_commands: Vec<Command>,
     /// Input requests that were closed (kept, bounded, for reads).
