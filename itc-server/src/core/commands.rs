@@ -103,7 +103,7 @@ impl Core {
                     }
                     return Ok(existing);
                 }
-                let version = state.live_task(&request.task_id, "coordinate it")?.version;
+                let version = state.live(&request.task_id, "coordinate it")?.version;
                 let token = match state.effective_lock(&request.task_id) {
                     Some(lock) if lock.holder_id != request.coordinator_id => {
                         return Err(CoreError::Aborted(format!(
@@ -331,8 +331,8 @@ impl State {
     }
 
     /// Whether `action` may apply to the live task `task_id` now (no change made).
-    pub(crate) fn check_transition(&mut self, task_id: &str, action: CommandAction) -> Result<(), CoreError> {
-        let status = self.live_task(task_id, "coordinate it")?.status;
+    pub(crate) fn check_transition(&self, task_id: &str, action: CommandAction) -> Result<(), CoreError> {
+        let status = self.live(task_id, "coordinate it")?.status;
         let to = match action {
             CommandAction::Interrupt if !matches!(status, TaskStatus::Running | TaskStatus::InputRequired) => {
                 TaskStatus::Interrupted

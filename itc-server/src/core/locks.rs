@@ -28,7 +28,7 @@ impl Core {
         let lease = self.lock_lease(lease);
         self.write(|state, tx| {
             state.session_for(coordinator_id, Some(TaskCoordination))?;
-            state.live_task(task_id, "take its lock")?;
+            state.live(task_id, "take its lock")?;
             if let Some(lock) = state.effective_lock(task_id) {
                 if lock.holder_id != coordinator_id {
                     return Err(held_by_other(task_id, lock));

@@ -277,6 +277,25 @@ impl State {
         Ok(for_change(task))
     }
 
+    /// The live task `task_id`, to read before `operation` (a check that changes nothing:
+    /// neither copied nor its reader's encoding cleared); a finished one refuses, as
+    /// [`State::live_task`] does.
+    pub(crate) fn live(&self, task_id: &str, operation: &'static str) -> Result<&Task, CoreError> {
+        let Some(task) = self.task_by_id(task_id) else {
+            return Err(CoreError::TaskNotFound {
+                task_id: task_id.to_owned(),
+            });
+        };
+        if task.status.is_terminal() {
+            return Err(CoreError::TaskFinished {
+                task_id: task_id.to_owned(),
+                status: task.status,
+                operation,
+            });
+        }
+        Ok(task)
+    }
+
     /// The live task `task_id`, ready to move to `to` (copied if a store still holds it);
     /// a finished one refuses, naming its state and the state `to` it would have reached.
     pub(crate) fn live_task_mut(&mut self, task_id: &str, to: TaskStatus) -> Result<&mut Task, CoreError> {
