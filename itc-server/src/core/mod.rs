@@ -32,6 +32,7 @@ pub use commands::{CommandWait, CoordinateRequest};
 pub use control::Interaction;
 pub use hub::Filter;
 pub use inputs::NewInput;
+pub(crate) use model::nanos;
 pub use model::{
     Capabilities, Command, CommandAction, CommandState, Event, EventDetail, EventType, InputRequest, InputState,
     InputTimeoutAction, JsonMap, LockCause, Plan, SessionEnd, SessionInfo, SessionKind, Task, TaskError, TaskLock,

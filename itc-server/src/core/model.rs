@@ -87,6 +87,7 @@ pub struct Plan {
     /// Who set this version.
     pub updated_by: Option<String>,
     /// When.
+    #[serde(default, with = "crate::core::model::nanos::option_time")]
     pub update_time: Option<SystemTime>,
 }
 
@@ -123,12 +124,16 @@ pub struct Task {
     /// Bumped on every change.
     pub version: u64,
     /// Created.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub create_time: SystemTime,
     /// Started running.
+    #[serde(default, with = "crate::core::model::nanos::option_time")]
     pub start_time: Option<SystemTime>,
     /// Last changed.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub update_time: SystemTime,
     /// Finished.
+    #[serde(default, with = "crate::core::model::nanos::option_time")]
     pub finish_time: Option<SystemTime>,
     /// The coordinator that last steered it.
     pub controlling_coordinator: Option<String>,
@@ -143,6 +148,7 @@ pub struct Task {
     /// Health flag: its agent's lease expired.
     pub orphaned: bool,
     /// Stall timeout.
+    #[serde(with = "crate::core::model::nanos::duration")]
     pub stall_timeout: Duration,
     /// The seq of the event that created it: its position in listings, oldest first.
     pub create_seq: u64,
@@ -335,12 +341,16 @@ pub struct SessionInfo {
     /// What it may do.
     pub capabilities: Capabilities,
     /// When it connected.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub connect_time: SystemTime,
     /// Its last heartbeat or call.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub last_activity_time: SystemTime,
     /// When its lease runs out unless renewed.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub lease_expire_time: SystemTime,
     /// The lease granted.
+    #[serde(with = "crate::core::model::nanos::duration")]
     pub lease_ttl: Duration,
     /// Bumped by each takeover.
     pub generation: u64,
@@ -365,8 +375,10 @@ pub struct TaskLock {
     /// Strictly increasing across grants (the seq of the grant's LOCK_ACQUIRED event).
     pub fencing_token: u64,
     /// When the lease runs out unless renewed.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub expire_time: SystemTime,
     /// When it was granted.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub acquire_time: SystemTime,
 }
 
@@ -476,10 +488,13 @@ pub struct Command {
     /// The lock token it was issued under (0: taken implicitly for the call).
     pub fencing_token: u64,
     /// Admitted.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub create_time: SystemTime,
     /// Last state change.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub update_time: SystemTime,
     /// When it times out.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub deadline: SystemTime,
 }
 
@@ -526,6 +541,7 @@ pub struct InputRequest {
     /// Allowed answers.
     pub choices: Vec<String>,
     /// When it expires.
+    #[serde(default, with = "crate::core::model::nanos::option_time")]
     pub deadline: Option<SystemTime>,
     /// What happens then.
     pub timeout_action: InputTimeoutAction,
@@ -538,8 +554,10 @@ pub struct InputRequest {
     /// Who answered.
     pub answered_by: Option<String>,
     /// Asked.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub create_time: SystemTime,
     /// Answered or expired.
+    #[serde(default, with = "crate::core::model::nanos::option_time")]
     pub close_time: Option<SystemTime>,
 }
 
@@ -585,6 +603,7 @@ pub struct Event {
     /// What happened.
     pub kind: EventType,
     /// When.
+    #[serde(with = "crate::core::model::nanos::time")]
     pub time: SystemTime,
     /// The task concerned.
     pub task_id: Option<String>,
@@ -608,4 +627,147 @@ pub struct Event {
     /// changes.
     #[serde(skip)]
     pub wire: WireCache,
+}
+
+/// Times and durations as integers of nanoseconds in the stores' JSON (since the Unix
+/// epoch, for a time), instead of serde's `{"secs_since_epoch": …, "nanos_since_epoch": …}`
+/// and `{"secs": …, "nanos": …}`: a third of the bytes, and cheaper to write and read.
+/// Reading accepts both forms, so data written before keeps loading.
+pub(crate) mod nanos {
+    use std::fmt;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::de::{self, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn to_u64<E: serde::ser::Error>(d: Duration) -> Result<u64, E> {
+        u64::try_from(d.as_nanos()).map_err(|_| E::custom("a time or duration past the year 2554"))
+    }
+
+    /// A [`SystemTime`] field.
+    pub(crate) mod time {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+            let since = time
+                .duration_since(UNIX_EPOCH)
+                .map_err(|_| serde::ser::Error::custom("a time before 1970"))?;
+            s.serialize_u64(to_u64(since)?)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+            struct Either;
+            impl<'de> Visitor<'de> for Either {
+                type Value = SystemTime;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("nanoseconds since the Unix epoch")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<SystemTime, E> {
+                    Ok(UNIX_EPOCH + Duration::from_nanos(v))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SystemTime, A::Error> {
+                    SystemTime::deserialize(de::value::MapAccessDeserializer::new(map))
+                }
+            }
+            d.deserialize_any(Either)
+        }
+    }
+
+    /// An `Option<SystemTime>` field.
+    pub(crate) mod option_time {
+        use super::*;
+
+        struct Wrapped<'a>(&'a SystemTime);
+        impl Serialize for Wrapped<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                super::time::serialize(self.0, s)
+            }
+        }
+
+        pub(crate) fn serialize<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => s.serialize_some(&Wrapped(time)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+            struct Unwrapped(SystemTime);
+            impl<'de> Deserialize<'de> for Unwrapped {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    super::time::deserialize(d).map(Unwrapped)
+                }
+            }
+            Ok(Option::<Unwrapped>::deserialize(d)?.map(|t| t.0))
+        }
+    }
+
+    /// A [`Duration`] field.
+    pub(crate) mod duration {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(to_u64(*duration)?)
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            struct Either;
+            impl<'de> Visitor<'de> for Either {
+                type Value = Duration;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a duration in nanoseconds")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                    Ok(Duration::from_nanos(v))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Duration, A::Error> {
+                    Duration::deserialize(de::value::MapAccessDeserializer::new(map))
+                }
+            }
+            d.deserialize_any(Either)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Times {
+            #[serde(with = "super::time")]
+            at: SystemTime,
+            #[serde(with = "super::option_time")]
+            maybe: Option<SystemTime>,
+            #[serde(with = "super::option_time")]
+            never: Option<SystemTime>,
+            #[serde(with = "super::duration")]
+            took: Duration,
+        }
+
+        /// Integers of nanoseconds are written; both they and serde's own forms (what the
+        /// stores wrote before) are read back exactly.
+        #[test]
+        fn nanos_are_written_and_both_forms_read() {
+            let at = UNIX_EPOCH + Duration::new(1_796_001_890, 624_880_828);
+            let times = Times {
+                at,
+                maybe: Some(at),
+                never: None,
+                took: Duration::new(300, 5),
+            };
+            let json = serde_json::to_string(&times).unwrap();
+            assert_eq!(
+                json,
+                r#"{"at":1796001890624880828,"maybe":1796001890624880828,"never":null,"took":300000000005}"#
+            );
+            assert_eq!(serde_json::from_str::<Times>(&json).unwrap(), times);
+            let old = r#"{"at":{"secs_since_epoch":1796001890,"nanos_since_epoch":624880828},
+                "maybe":{"secs_since_epoch":1796001890,"nanos_since_epoch":624880828},
+                "never":null,"took":{"secs":300,"nanos":5}}"#;
+            assert_eq!(serde_json::from_str::<Times>(old).unwrap(), times);
+            assert!(serde_json::from_str::<Times>(r#"{"at":-1,"maybe":null,"never":null,"took":0}"#).is_err());
+        }
+    }
 }

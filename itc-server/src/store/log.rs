@@ -111,9 +111,13 @@ struct TaskEntry<'a> {
     priority: i32,
     plan: &'a Plan,
     version: u64,
+    #[serde(with = "crate::core::nanos::time")]
     create_time: SystemTime,
+    #[serde(with = "crate::core::nanos::option_time")]
     start_time: Option<SystemTime>,
+    #[serde(with = "crate::core::nanos::time")]
     update_time: SystemTime,
+    #[serde(with = "crate::core::nanos::option_time")]
     finish_time: Option<SystemTime>,
     controlling_coordinator: &'a Option<String>,
     result: &'a Option<serde_json::Value>,
@@ -121,6 +125,7 @@ struct TaskEntry<'a> {
     reason: &'a Option<String>,
     stalled: bool,
     orphaned: bool,
+    #[serde(with = "crate::core::nanos::duration")]
     stall_timeout: Duration,
     create_seq: u64,
     open_inputs: &'a [InputRequest],
