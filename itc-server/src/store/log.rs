@@ -593,6 +593,20 @@ impl Kept {
     }
 }
 
+/// Puts `value` under `key`, reusing the allocation of the value it replaces (a task is
+/// written many times over in the records a compaction folds).
+fn replace(map: &mut HashMap<Vec<u8>, Vec<u8>>, key: &[u8], value: &[u8]) {
+    match map.get_mut(key) {
+        Some(old) => {
+            old.clear();
+            old.extend_from_slice(value);
+        }
+        None => {
+            map.insert(key.to_vec(), value.to_vec());
+        }
+    }
+}
+
 /// The state the records add up to, kept as the raw bodies (nothing is decoded to fold).
 #[derive(Debug, Default)]
 struct Folded {
@@ -610,16 +624,12 @@ impl Folded {
         for entry in entries(payload) {
             let entry = entry?;
             match entry.kind {
-                kind::TASK => {
-                    self.tasks.insert(entry.key.to_vec(), entry.value.to_vec());
-                }
+                kind::TASK => replace(&mut self.tasks, entry.key, entry.value),
                 kind::REMOVE => {
                     self.tasks.remove(entry.key);
                 }
                 kind::EVENT => self.head_seq = self.head_seq.max(event_key(entry.key)?.0),
-                kind::OPEN_COMMAND => {
-                    self.open_commands.insert(entry.key.to_vec(), entry.value.to_vec());
-                }
+                kind::OPEN_COMMAND => replace(&mut self.open_commands, entry.key, entry.value),
                 kind::COMMAND => {
                     self.open_commands.remove(entry.key);
                     self.commands.put(entry.key, entry.value);
@@ -724,7 +734,16 @@ struct Scanned {
 
 /// Reads a segment or snapshot file and checks its header and every record.
 fn scan(path: &Path, magic: &[u8; 7], n: u64) -> Result<Scanned, String> {
-    let data = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    scan_into(path, magic, n, Vec::new())
+}
+
+/// As [`scan`], reading into `data` (cleared first): one buffer serves every segment of a
+/// recovery or a compaction, instead of a new allocation (and its page faults) for each.
+fn scan_into(path: &Path, magic: &[u8; 7], n: u64, mut data: Vec<u8>) -> Result<Scanned, String> {
+    data.clear();
+    File::open(path)
+        .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut data))
+        .map_err(|e| format!("cannot read it: {e}"))?;
     if data.len() < FILE_HEADER {
         // Created but cut before its header was written: nothing in it.
         return Ok(Scanned {
@@ -938,13 +957,15 @@ impl LogStore {
         // Where the log was found cut short, if before its last segment.
         let mut cut: Option<u64> = None;
         // One segment in memory at a time.
+        let mut buffer = Vec::new();
         for n in &segments {
             let path = segment_path(&dir, *n);
             if cut.is_some() {
                 fs::remove_file(&path).map_err(|e| backend(&format!("cannot remove {}", path.display()), e))?;
                 continue;
             }
-            let scanned = scan(&path, SEGMENT_MAGIC, *n).map_err(|e| refuse(&path, &e))?;
+            let scanned =
+                scan_into(&path, SEGMENT_MAGIC, *n, std::mem::take(&mut buffer)).map_err(|e| refuse(&path, &e))?;
             let damaged = scanned.valid_len < scanned.data.len();
             if scanned.corrupt {
                 return Err(refuse(
@@ -1003,6 +1024,7 @@ impl LogStore {
                     index.push(*n, &file, seq, span);
                 }
             }
+            buffer = scanned.data;
         }
         let head = folded.head_seq.max(events_head.unwrap_or(0));
         if events_head.is_some_and(|h| h < head) {
@@ -1559,9 +1581,11 @@ impl Shared {
             Some(n) => read_snapshot(&self.dir, n).map_err(|e| backend(&format!("snapshot {n}"), e))?,
             None => Folded::default(),
         };
+        let mut buffer = Vec::new();
         for &n in segments.iter().filter(|n| folds(n)) {
             let path = segment_path(&self.dir, n);
-            let scanned = scan(&path, SEGMENT_MAGIC, n).map_err(|e| backend(&path.display().to_string(), e))?;
+            let scanned = scan_into(&path, SEGMENT_MAGIC, n, std::mem::take(&mut buffer))
+                .map_err(|e| backend(&path.display().to_string(), e))?;
             if scanned.corrupt || scanned.valid_len < scanned.data.len() {
                 return Err(backend(&path.display().to_string(), "a closed segment is damaged"));
             }
@@ -1575,6 +1599,7 @@ impl Shared {
                     .apply(&scanned.data[record.clone()])
                     .map_err(|e| backend(&path.display().to_string(), e))?;
             }
+            buffer = scanned.data;
         }
         write_snapshot(&self.dir, next, &mut folded)?;
         for n in snapshots.into_iter().filter(|&n| n < next) {
