@@ -234,9 +234,9 @@ impl Core {
             command.state = CommandState::Delivered;
             command.update_time = tx.time;
             let delivered = command.clone();
-            let detail = EventDetail::Command(Box::new(command.clone()));
             let coordinator = command.coordinator_id.clone();
             let shared = shared.clone();
+            let detail = EventDetail::Command(shared.clone());
             tx.batch.commands.push(shared.clone());
             if task.last_command.as_ref().is_some_and(|c| c.id == command_id) {
                 task.last_command = Some(shared);
@@ -390,10 +390,11 @@ impl State {
         task.version += 1;
         task.update_time = now;
         task.controlling_coordinator = Some(coordinator_id.clone());
+        // One command, shared by the task, the store's batch, its event and the agent's push.
         let shared = Arc::new(command.clone());
         task.open_commands.push(shared.clone());
         tx.batch.commands.push(shared.clone());
-        task.last_command = Some(shared);
+        task.last_command = Some(shared.clone());
         match action {
             CommandAction::BoostPriority => {
                 let priority = data
@@ -423,7 +424,7 @@ impl State {
             }
             CommandAction::Cancel | CommandAction::Query | CommandAction::Custom => {}
         }
-        let admitted = EventDetail::Command(Box::new(command.clone()));
+        let admitted = EventDetail::Command(shared.clone());
         tx.event_by(
             EventType::AgentCoordination,
             task,
@@ -464,7 +465,7 @@ impl State {
         if let Some(key) = idempotency_key {
             self.idempotency.insert((coordinator_id, key), command.id.clone());
         }
-        self.push_to_agent(&agent_id, Push::Command(command.clone()));
+        self.push_to_agent(&agent_id, Push::Command(shared));
         self.arm(Instant::now() + timeout, Timer::Command(command.id.clone()));
         Ok(command)
     }
@@ -483,11 +484,12 @@ impl State {
         let mut command = Arc::unwrap_or_clone(task.open_commands.remove(at));
         change(&mut command);
         command.update_time = tx.time;
+        let closed = Arc::new(command.clone());
         if task.last_command.as_ref().is_some_and(|c| c.id == command_id) {
-            task.last_command = Some(Arc::new(command.clone()));
+            task.last_command = Some(closed.clone());
         }
         let coordinator = command.coordinator_id.clone();
-        let detail = EventDetail::Command(Box::new(command.clone()));
+        let detail = EventDetail::Command(closed);
         tx.event_by(kind, task, detail, None, Some(&coordinator), Some(command_id));
         tx.changed(task);
         self.command_index.remove(command_id);

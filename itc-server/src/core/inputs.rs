@@ -238,7 +238,7 @@ impl State {
         tx.changed(task);
         self.input_index.remove(request_id);
         self.keep_closed_input(tx, input.clone());
-        self.push_to_agent(&agent, Push::Input(input.clone()));
+        self.push_to_agent(&agent, Push::Input(Box::new(input.clone())));
         Some(input)
     }
 

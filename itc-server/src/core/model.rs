@@ -576,7 +576,7 @@ pub enum EventDetail {
         message: String,
     },
     /// A coordination command.
-    Command(Box<Command>),
+    Command(std::sync::Arc<Command>),
     /// An input request.
     Input(Box<InputRequest>),
     /// A lock change.

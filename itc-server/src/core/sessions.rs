@@ -70,9 +70,9 @@ pub struct ConnectRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Push {
     /// A command for one of the agent's tasks.
-    Command(Command),
+    Command(std::sync::Arc<Command>),
     /// An input request of one of the agent's tasks was answered or expired.
-    Input(InputRequest),
+    Input(Box<InputRequest>),
     /// The session is over (or this stream is); nothing follows.
     Notice(Notice),
 }
@@ -347,7 +347,7 @@ impl Core {
             .tasks
             .values()
             .filter(|t| t.agent_id == session_id)
-            .flat_map(|t| t.open_commands.iter().map(|c| Push::Command((**c).clone())))
+            .flat_map(|t| t.open_commands.iter().map(|c| Push::Command(c.clone())))
             .collect();
         let epoch = {
             let mut ch = channel.lock();
