@@ -262,38 +262,18 @@ impl State {
     /// The live task `task_id`, ready for `operation` (copied if a store still holds it);
     /// a finished one refuses, naming its state.
     pub(crate) fn live_task(&mut self, task_id: &str, operation: &'static str) -> Result<&mut Task, CoreError> {
-        let Some(task) = self.ids.get(task_id).and_then(|seq| self.tasks.get_mut(seq)) else {
-            return Err(CoreError::TaskNotFound {
-                task_id: task_id.to_owned(),
-            });
-        };
-        if task.status.is_terminal() {
-            return Err(CoreError::TaskFinished {
-                task_id: task_id.to_owned(),
-                status: task.status,
-                operation,
-            });
-        }
-        Ok(for_change(task))
+        let task = self.ids.get(task_id).and_then(|seq| self.tasks.get_mut(seq));
+        refuse_unless_live(task.as_ref().map(|t| t.status), task_id, operation)?;
+        task.map(for_change).ok_or_else(|| not_found(task_id))
     }
 
     /// The live task `task_id`, to read before `operation` (a check that changes nothing:
     /// neither copied nor its reader's encoding cleared); a finished one refuses, as
     /// [`State::live_task`] does.
     pub(crate) fn live(&self, task_id: &str, operation: &'static str) -> Result<&Task, CoreError> {
-        let Some(task) = self.task_by_id(task_id) else {
-            return Err(CoreError::TaskNotFound {
-                task_id: task_id.to_owned(),
-            });
-        };
-        if task.status.is_terminal() {
-            return Err(CoreError::TaskFinished {
-                task_id: task_id.to_owned(),
-                status: task.status,
-                operation,
-            });
-        }
-        Ok(task)
+        let task = self.task_by_id(task_id);
+        refuse_unless_live(task.map(|t| t.status), task_id, operation)?;
+        task.map(|t| &**t).ok_or_else(|| not_found(task_id))
     }
 
     /// The live task `task_id`, ready to move to `to` (copied if a store still holds it);
@@ -432,6 +412,25 @@ impl State {
 
 /// A task ready to change: copied if a store or a reader still holds it, and without its
 /// wire encoding, which the change would make stale.
+fn not_found(task_id: &str) -> CoreError {
+    CoreError::TaskNotFound {
+        task_id: task_id.to_owned(),
+    }
+}
+
+/// Refuses `operation` unless the task (of `status`, `None`: unknown) is live.
+fn refuse_unless_live(status: Option<TaskStatus>, task_id: &str, operation: &'static str) -> Result<(), CoreError> {
+    match status {
+        None => Err(not_found(task_id)),
+        Some(status) if status.is_terminal() => Err(CoreError::TaskFinished {
+            task_id: task_id.to_owned(),
+            status,
+            operation,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 fn for_change(task: &mut Arc<Task>) -> &mut Task {
     let task = Arc::make_mut(task);
     task.wire.clear();
