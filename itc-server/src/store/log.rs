@@ -26,14 +26,17 @@
 //! interval, so the start cuts the log there and removes the segments after it.
 //!
 //! A segment rolls over past `segment_bytes`. A compactor thread then folds the previous
-//! snapshot and the closed segments into a new snapshot (each task as last written, the
-//! kept closed commands and input requests, service values, the head seq) and deletes the
+//! snapshot and the closed segments into a new snapshot (each task as last written, each
+//! open command as last written, the kept closed commands and input requests, service
+//! values, the head seq) and deletes the
 //! segments that hold no retained event. Recovery loads the newest snapshot and replays
 //! the segments after it; older segments still on disk only serve their events.
 //!
 //! Events are read back by seq through an in-memory index (segment, offset, length and
 //! time of every retained event: 24 bytes each). Bodies are JSON of the core's types, as
-//! in the SQLite store.
+//! in the SQLite store, but for tasks: an open command is its own entry, written when it
+//! changes, and a task entry lists its open commands by id ([`TaskEntry`]; format 1
+//! wrote them inside every task entry, and still reads).
 //!
 //! Layout of `data_dir/log/`: `NNNNNNNNNNNNNNNNNNNN.seg` (segments, numbered from 1) and
 //! `NNNNNNNNNNNNNNNNNNNN.snap` (the state before segment N). Each file starts with an
