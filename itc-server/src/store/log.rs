@@ -291,6 +291,9 @@ struct Shared {
     /// The oldest seq retained.
     oldest: AtomicU64,
     metrics: StoreMetrics,
+    /// Tests: the next group's write panics.
+    #[cfg(test)]
+    panic_next_write: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -683,7 +686,9 @@ impl Folded {
         Ok(records)
     }
 
-    fn decode(mut self) -> Result<Recovered, String> {
+    /// What the records add up to, and the open commands that only format-1 task entries
+    /// hold (whole, inside their task): no entry of their own yet.
+    fn decode(mut self) -> Result<(Recovered, Vec<Arc<Command>>), String> {
         let open = self
             .open_commands
             .values()
@@ -696,6 +701,12 @@ impl Folded {
         for body in self.tasks.values() {
             tasks.push(decode_task(body, &open)?);
         }
+        let inline: Vec<Arc<Command>> = tasks
+            .iter()
+            .flat_map(|t: &Task| t.open_commands.iter())
+            .filter(|c| !open.contains_key(&c.id))
+            .cloned()
+            .collect();
         tasks.sort_by_key(|t| t.create_seq);
         let closed_commands = self
             .commands
@@ -714,13 +725,16 @@ impl Folded {
             .into_iter()
             .map(|(key, value)| Ok((String::from_utf8(key).map_err(|_| "a service value's name")?, value)))
             .collect::<Result<_, String>>()?;
-        Ok(Recovered {
-            tasks,
-            head_seq: self.head_seq,
-            closed_commands,
-            closed_inputs,
-            meta,
-        })
+        Ok((
+            Recovered {
+                tasks,
+                head_seq: self.head_seq,
+                closed_commands,
+                closed_inputs,
+                meta,
+            },
+            inline,
+        ))
     }
 }
 
@@ -887,6 +901,15 @@ fn write_snapshot(dir: &Path, n: u64, folded: &mut Folded) -> Result<(), StoreEr
     write().map_err(|e| backend(&format!("cannot write {}", path.display()), e))
 }
 
+/// The format a segment was written in (the last byte of its magic), if it has a header.
+fn segment_format(path: &Path) -> Option<u8> {
+    let mut magic = [0u8; 8];
+    File::open(path)
+        .and_then(|file| file.read_exact_at(&mut magic, 0))
+        .ok()?;
+    Some(magic[7])
+}
+
 fn create_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
     let path = segment_path(dir, n);
     let mut file = OpenOptions::new()
@@ -1042,15 +1065,15 @@ impl LogStore {
             index = Index::default();
         }
         folded.head_seq = head;
-        let recovered = folded.decode().map_err(|e| refuse(&dir, &e))?;
+        let (recovered, inline_commands) = folded.decode().map_err(|e| refuse(&dir, &e))?;
 
         if cut.is_some() {
             sync_dir(&dir).map_err(|e| backend(&format!("cannot sync {}", dir.display()), e))?;
         }
         let segments: Vec<u64> = segments.into_iter().filter(|&n| cut.is_none_or(|c| n <= c)).collect();
-        // Append to the last segment, or start one.
+        // Append to the last segment if it is of this format, or start one.
         let (segno, file, len) = match segments.last() {
-            Some(&n) if base.is_none_or(|b| n >= b) => {
+            Some(&n) if base.is_none_or(|b| n >= b) && segment_format(&segment_path(&dir, n)) == Some(LOG_FORMAT) => {
                 let path = segment_path(&dir, n);
                 let file = OpenOptions::new()
                     .read(true)
@@ -1108,6 +1131,8 @@ impl LogStore {
             durable: AtomicU64::new(head),
             oldest: AtomicU64::new(oldest),
             metrics,
+            #[cfg(test)]
+            panic_next_write: std::sync::atomic::AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         let syncer = shared.clone();
@@ -1141,13 +1166,41 @@ impl LogStore {
                 return Err(backend("cannot start the compaction thread", e));
             }
         }
-        Ok(Self {
+        let store = Self {
             dir,
             shared,
             threads: Mutex::new(threads),
             recovered: Mutex::new(Some(recovered)),
             dir_lock: Mutex::new(Some(dir_lock)),
-        })
+        };
+        if !inline_commands.is_empty() {
+            // Format-2 task entries list their open commands by id: those that only a
+            // format-1 task entry holds get an entry of their own, on disk, before any
+            // task entry can refer to them.
+            store.write_now(Batch {
+                commands: inline_commands,
+                ..Batch::default()
+            })?;
+            let file = lock(&store.shared.writer).file.clone();
+            file.sync_data().map_err(|e| backend("cannot sync the log", e))?;
+        }
+        Ok(store)
+    }
+
+    /// Writes `batch` before anything else is committed (at open).
+    fn write_now(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut pending = Pending {
+            ticket: self.shared.ticket(),
+            shared: self.shared.clone(),
+            batch: Some(batch),
+            started: Instant::now(),
+        };
+        match pending.submit() {
+            Some(Queued::Done(outcome)) => outcome.map(|_| ()),
+            _ => Err(StoreError::Backend(
+                "the log was written to during its opening".to_owned(),
+            )),
+        }
     }
 
     /// The directory of the log.
@@ -1226,6 +1279,8 @@ struct Queue {
     ready: BTreeMap<u64, Slot>,
     /// A commit is writing: it takes the records queued after its own too.
     writing: bool,
+    /// Set if a writer failed in the middle (a bug: it panicked): every record fails.
+    broken: Option<StoreError>,
 }
 
 /// A record waiting in the [`Queue`], and where its outcome goes (`None`: the commit
@@ -1265,6 +1320,21 @@ impl Pending {
     }
 }
 
+/// The writer's role, held while a commit writes the queue; dropped while still held
+/// (the writer panicked), it breaks the store down ([`Shared::break_down`]).
+struct WriterRole<'a> {
+    shared: &'a Shared,
+    held: bool,
+}
+
+impl Drop for WriterRole<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.shared.break_down();
+        }
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
         let _ = self.submit();
@@ -1283,6 +1353,9 @@ impl Shared {
     /// record is still being encoded, writes every record ready in order (see [`Queue`]).
     fn queue_and_write(&self, ticket: u64, record: Result<Encoded, StoreError>) -> Queued {
         let mut queue = lock(&self.queue);
+        if let Some(e) = &queue.broken {
+            return Queued::Done(Err(e.clone()));
+        }
         if queue.writing || ticket != queue.next_write {
             let (reply, answer) = oneshot::channel();
             queue.ready.insert(
@@ -1296,6 +1369,12 @@ impl Shared {
         }
         queue.writing = true;
         queue.ready.insert(ticket, Slot { record, reply: None });
+        drop(queue);
+        let mut role = WriterRole {
+            shared: self,
+            held: true,
+        };
+        let mut queue = lock(&self.queue);
         let mut own = None;
         loop {
             let first = queue.next_write;
@@ -1305,6 +1384,7 @@ impl Shared {
             }
             if group.is_empty() {
                 queue.writing = false;
+                role.held = false;
                 // The first group holds this call's own record.
                 return Queued::Done(own.unwrap_or(Err(StoreError::Closed)));
             }
@@ -1324,11 +1404,30 @@ impl Shared {
         }
     }
 
+    /// A writer unwound in the middle of its work (a bug): the store fails, and so does
+    /// every record queued or still to come, rather than waiting for a writer forever.
+    fn break_down(&self) {
+        let e = StoreError::Backend("the store failed earlier: its writer panicked".to_owned());
+        lock(&self.writer).failed.get_or_insert_with(|| e.clone());
+        let mut queue = lock(&self.queue);
+        queue.writing = false;
+        queue.broken = Some(e.clone());
+        for (_, slot) in std::mem::take(&mut queue.ready) {
+            if let Some(reply) = slot.reply {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+
     /// Writes `records`, in order, with one `write`; the outcome of each: the log position
-    /// after the group, or why it was not written. A record that fails to encode or does
-    /// not continue the seqs is skipped (nothing of it is written); once a write fails,
-    /// this and every later record fails (nothing after a lost record may be acknowledged).
+    /// after the group, or why it was not written. Nothing after a lost record may be
+    /// acknowledged: a record that fails to encode or does not continue the seqs is not
+    /// written, and it and every record after it fail, as all do once a write fails.
     fn write_group(&self, records: Vec<Result<Encoded, StoreError>>) -> Vec<Result<u64, StoreError>> {
+        #[cfg(test)]
+        if self.panic_next_write.swap(false, Ordering::SeqCst) {
+            panic!("a panic injected by a test");
+        }
         let mut w = lock(&self.writer);
         let mut head = w.head;
         let mut outcomes: Vec<Result<u64, StoreError>> = Vec::with_capacity(records.len());
@@ -1358,7 +1457,12 @@ impl Shared {
                     outcomes.push(Ok(0));
                     valid.push(record);
                 }
-                Err(e) => outcomes.push(Err(e)),
+                Err(e) => {
+                    if w.failed.is_none() && !matches!(e, StoreError::Closed) {
+                        w.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
+                    }
+                    outcomes.push(Err(e));
+                }
             }
         }
         if valid.is_empty() {
@@ -1656,7 +1760,12 @@ impl Store for LogStore {
         Box::pin(async move {
             let lsn = match pending.submit() {
                 Some(Queued::Done(outcome)) => outcome?,
-                Some(Queued::Later(answer)) => answer.await.unwrap_or(Err(StoreError::Closed))?,
+                // No answer at all: the writer unwound (see `Shared::break_down`).
+                Some(Queued::Later(answer)) => answer.await.unwrap_or_else(|_| {
+                    Err(StoreError::Backend(
+                        "the store failed: its writer stopped before writing this record".to_owned(),
+                    ))
+                })?,
                 None => return Err(StoreError::Closed),
             };
             if shared.sync != SyncLevel::Full {
@@ -1821,10 +1930,14 @@ mod tests {
         let gap = events(14..=14);
         assert!(store.commit(gap).await.is_err());
         assert_eq!(store.durable_seq(), 12, "a refused batch is never reported durable");
-        store.commit(events(13..=14)).await.unwrap();
+        assert!(
+            store.commit(events(13..=14)).await.is_err(),
+            "nothing is acknowledged after a lost batch"
+        );
         drop(store);
         let store = LogStore::open(options(dir.path())).unwrap();
-        assert_eq!(store.recover().unwrap().head_seq, 14);
+        assert_eq!(store.recover().unwrap().head_seq, 12, "the gap wrote nothing");
+        store.commit(events(13..=14)).await.unwrap();
         assert_eq!(seqs(&store, 12, 10), vec![13, 14]);
     }
 
@@ -1837,8 +1950,7 @@ mod tests {
     /// Records are written in the order their commits were taken (the core's order),
     /// whichever encodes first: a commit whose record is not next waits, and the commit
     /// that writes the next record writes the ones queued behind it too. A commit dropped
-    /// without being polled is still written, and the later ones do not wait forever; a
-    /// record that does not continue the seqs fails alone.
+    /// without being polled is still written, and the later ones do not wait forever.
     #[tokio::test]
     async fn records_are_written_in_commit_order_whoever_encodes_first() {
         let dir = tempfile::tempdir().unwrap();
@@ -1846,17 +1958,14 @@ mod tests {
             let store = LogStore::open(options(dir.path())).unwrap();
             let first = store.commit(events(1..=1));
             let mut second = store.commit(events(2..=3));
-            let mut gap = store.commit(events(9..=9));
             let mut third = store.commit(events(4..=4));
             assert!(poll_once(&mut third).is_pending(), "not next: it waits");
-            assert!(poll_once(&mut gap).is_pending());
             assert!(poll_once(&mut second).is_pending());
             assert_eq!(store.durable_seq(), 0, "nothing written before the first record");
             first.await.unwrap();
             assert_eq!(store.durable_seq(), 4, "the first commit wrote the queued ones too");
             second.await.unwrap();
             third.await.unwrap();
-            assert!(gap.await.is_err(), "a gap fails alone");
             let dropped = store.commit(events(5..=5));
             let after = store.commit(events(6..=6));
             drop(dropped);
@@ -1867,6 +1976,158 @@ mod tests {
         assert_eq!(store.recover().unwrap().head_seq, 6);
         assert_eq!(seqs(&store, 0, 100), vec![1, 2, 3, 4, 5, 6], "in order on disk too");
         store.commit(events(7..=7)).await.unwrap();
+    }
+
+    /// A record that is lost (here: it does not continue the seqs) fails, and so does every
+    /// record queued behind it, even one that would continue the log: nothing after a
+    /// lost record is acknowledged.
+    #[tokio::test]
+    async fn nothing_after_a_lost_record_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(options(dir.path())).unwrap();
+        let first = store.commit(events(1..=1));
+        let mut gap = store.commit(events(9..=9));
+        let mut next = store.commit(events(2..=2));
+        assert!(poll_once(&mut next).is_pending());
+        assert!(poll_once(&mut gap).is_pending());
+        first.await.unwrap();
+        assert!(gap.await.is_err());
+        assert!(next.await.is_err(), "queued behind the lost record");
+        assert!(store.commit(events(2..=2)).await.is_err(), "and after it");
+        assert_eq!(store.durable_seq(), 1);
+    }
+
+    /// A writer that panics (a bug) fails the store: the records queued behind it and
+    /// every later commit get an error instead of waiting for a writer forever.
+    #[tokio::test]
+    async fn a_writer_that_panics_fails_every_commit_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LogStore::open(options(dir.path())).unwrap());
+        store.commit(events(1..=1)).await.unwrap();
+        let first = store.commit(events(2..=2));
+        let mut queued = store.commit(events(3..=3));
+        assert!(poll_once(&mut queued).is_pending());
+        store.shared.panic_next_write.store(true, Ordering::SeqCst);
+        assert!(tokio::spawn(first).await.is_err(), "the writer panicked");
+        let err = tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("a queued commit is answered")
+            .unwrap_err();
+        assert!(err.to_string().contains("writer stopped"), "{err}");
+        let err = store.commit(events(3..=3)).await.unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert_eq!(store.durable_seq(), 1);
+    }
+
+    /// Many committers on two threads, tickets taken under one lock with the seqs (as the
+    /// core does), some yielding and some dropping their commit before polling it: every
+    /// seq is written, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_written_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            LogStore::open(LogOptions {
+                segment_bytes: 8192,
+                retention_count: 100_000,
+                ..options(dir.path())
+            })
+            .unwrap(),
+        );
+        let head = Arc::new(Mutex::new(0u64));
+        let mut workers = Vec::new();
+        for w in 0..8u64 {
+            let (store, head) = (store.clone(), head.clone());
+            workers.push(tokio::spawn(async move {
+                for i in 0..150u64 {
+                    let commit = {
+                        let mut head = head.lock().unwrap();
+                        *head += 1;
+                        store.commit(events(*head..=*head))
+                    };
+                    if (i + w) % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    if (i + w) % 11 == 0 {
+                        drop(commit);
+                        continue;
+                    }
+                    commit.await.unwrap();
+                }
+            }));
+        }
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let last = {
+            let mut head = head.lock().unwrap();
+            *head += 1;
+            *head
+        };
+        store.commit(events(last..=last)).await.unwrap();
+        assert_eq!(store.durable_seq(), last);
+        assert_eq!(seqs(&store, 0, 100_000), (1..=last).collect::<Vec<_>>());
+    }
+
+    /// A log written by format 1 (open commands whole inside their task's entry) upgrades:
+    /// its open commands get entries of their own at open, so that the format-2 task
+    /// entries written next, which list them by id, still find them after a restart; and
+    /// the new records go to a new segment of format 2.
+    #[tokio::test]
+    async fn a_format_1_log_with_open_commands_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = Arc::new(Command {
+            state: CommandState::Admitted,
+            ..command("c1")
+        });
+        let old = Task {
+            open_commands: vec![open.clone()],
+            last_command: Some(open.clone()),
+            ..(*task("t", 1)).clone()
+        };
+        let log = dir.path().join("log");
+        fs::create_dir_all(&log).unwrap();
+        let mut record = vec![0u8; RECORD_HEADER];
+        let first = event(1);
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&1u64.to_le_bytes());
+        key[8..].copy_from_slice(&millis(first.time).to_le_bytes());
+        put_json(&mut record, kind::EVENT, &key, &*first).unwrap();
+        // Format 1 wrote the task as `Task` serializes it: its commands whole.
+        put_json(&mut record, kind::TASK, b"t", &old).unwrap();
+        let len = record.len() - RECORD_HEADER;
+        let header = record_header(len as u32, &record[RECORD_HEADER..]);
+        record[..RECORD_HEADER].copy_from_slice(&header);
+        let mut segment = file_header(SEGMENT_MAGIC, 1).to_vec();
+        segment[7] = 1;
+        segment.extend_from_slice(&record);
+        fs::write(segment_path(&log, 1), segment).unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            let task = store.recover().unwrap().tasks.remove(0);
+            assert_eq!(task.open_commands, vec![open.clone()], "format 1 reads");
+            let changed = Arc::new(Task { version: 2, ..task });
+            let batch = Batch {
+                events: vec![event(2)],
+                upserts: vec![changed],
+                ..Batch::default()
+            };
+            store.commit(batch).await.unwrap();
+        }
+        assert_eq!(
+            numbered(&log, "seg").unwrap(),
+            vec![1, 2],
+            "format 1 is not appended to"
+        );
+        assert_eq!(segment_format(&segment_path(&log, 2)), Some(LOG_FORMAT));
+        let store = LogStore::open(options(dir.path())).unwrap();
+        let task = store.recover().unwrap().tasks.remove(0);
+        assert_eq!(task.version, 2);
+        assert_eq!(
+            task.open_commands,
+            vec![open.clone()],
+            "the command survived the upgrade"
+        );
+        assert_eq!(task.last_command, Some(open));
     }
 
     fn command(id: &str) -> Command {

@@ -25,7 +25,7 @@ use crate::core::{Event, Task};
 use crate::metrics::StoreMetrics;
 
 /// The schema this build writes. A data dir with a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Closed commands and input requests kept (each).
 const KEPT_CLOSED: i64 = 10_000;
@@ -215,7 +215,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| refuse(path, e))?;
-    const STEPS: [&str; 2] = [
+    const STEPS: [&str; 3] = [
         "CREATE TABLE tasks (
              id TEXT PRIMARY KEY,
              create_seq INTEGER NOT NULL,
@@ -244,6 +244,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
              key TEXT PRIMARY KEY,
              value INTEGER NOT NULL
          );",
+        // 3: bodies write times and durations as integers of nanoseconds (`core::nanos`;
+        // still read in the older form). No table changes: the version is what tells an
+        // older build that it cannot read these bodies.
+        "",
     ];
     for (step, sql) in STEPS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         let to = step as i64 + 1;
