@@ -217,6 +217,13 @@ async fn the_endpoint_reports_calls_streams_sessions_events_and_commits() {
         Some(head as f64),
         "every event is in exactly one commit:\n{text}"
     );
+    let writes = value(&text, "itc_store_write_records_count", &[]).unwrap_or(0.0);
+    assert!(writes > 0.0, "{text}");
+    assert_eq!(
+        value(&text, "itc_store_write_records_sum", &[]),
+        value(&text, "itc_store_commit_seconds_count", &[]),
+        "every committed record is in exactly one write:\n{text}"
+    );
     // The Subscribe call is still open: not counted yet.
     assert!(!text.contains("MonitorService/Subscribe"), "{text}");
 

@@ -18,6 +18,7 @@
 //! | `itc_events_delivered_total` | counter | log events sent to subscribers |
 //! | `itc_store_commit_seconds` | histogram | a commit's duration until acknowledged (durable store) |
 //! | `itc_store_batch_events` | histogram | events per commit (durable store) |
+//! | `itc_store_write_records` | histogram | records per `write` of the log (log store) |
 //! | `itc_store_compaction_failures_total` | counter | failed log compactions (log store) |
 //!
 //! A call is counted when it ends: at its trailers (the status of a trailers-only
@@ -52,6 +53,7 @@ const EVENTS_PUBLISHED: &str = "itc_events_published_total";
 const EVENTS_DELIVERED: &str = "itc_events_delivered_total";
 const STORE_COMMIT: &str = "itc_store_commit_seconds";
 const STORE_BATCH: &str = "itc_store_batch_events";
+const STORE_WRITE_RECORDS: &str = "itc_store_write_records";
 const STORE_COMPACTION_FAILURES: &str = "itc_store_compaction_failures_total";
 
 enum MetricType {
@@ -61,7 +63,7 @@ enum MetricType {
 }
 
 /// What each metric is (Prometheus' `# HELP` and `# TYPE` lines).
-const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 10] = [
+const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 11] = [
     (
         RPC_REQUESTS,
         MetricType::Counter,
@@ -105,6 +107,12 @@ const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 10] = [
         MetricType::Histogram,
         Some(Unit::Count),
         "Events per store commit (log store: per batch; SQLite: per group)",
+    ),
+    (
+        STORE_WRITE_RECORDS,
+        MetricType::Histogram,
+        Some(Unit::Count),
+        "Records (batches) per write of the log: more than one when commits queued while another wrote",
     ),
     (
         STORE_COMPACTION_FAILURES,
@@ -229,6 +237,7 @@ impl Metrics {
             .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(STORE_COMMIT.into()), COMMIT_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full(STORE_BATCH.into()), BATCH_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(STORE_WRITE_RECORDS.into()), BATCH_BUCKETS)?
             .build_recorder();
         for (name, kind, unit, text) in DESCRIPTIONS {
             let (name, text) = (KeyName::from_const_str(name), SharedString::const_str(text));
@@ -256,6 +265,7 @@ impl Metrics {
             store: StoreMetrics {
                 commit_seconds: histogram(STORE_COMMIT),
                 batch_events: histogram(STORE_BATCH),
+                write_records: histogram(STORE_WRITE_RECORDS),
                 compaction_failures: counter(STORE_COMPACTION_FAILURES),
             },
             exporter: Some(Exporter {
@@ -337,6 +347,7 @@ fn kind_name(kind: SessionKind) -> &'static str {
 pub struct StoreMetrics {
     commit_seconds: Histogram,
     batch_events: Histogram,
+    write_records: Histogram,
     compaction_failures: Counter,
 }
 
@@ -346,6 +357,7 @@ impl Default for StoreMetrics {
         Self {
             commit_seconds: Histogram::noop(),
             batch_events: Histogram::noop(),
+            write_records: Histogram::noop(),
             compaction_failures: Counter::noop(),
         }
     }
@@ -356,6 +368,11 @@ impl StoreMetrics {
     pub(crate) fn committed(&self, events: usize, took: Duration) {
         self.commit_seconds.record(took);
         self.batch_events.record(events as f64);
+    }
+
+    /// One `write` of the log took `records` records.
+    pub(crate) fn wrote(&self, records: usize) {
+        self.write_records.record(records as f64);
     }
 
     /// A log compaction failed.

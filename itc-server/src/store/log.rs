@@ -1480,6 +1480,7 @@ impl Shared {
             w.buf = buf;
             written
         };
+        self.metrics.wrote(valid.len());
         if let Err(e) = written {
             let e = backend(&format!("cannot write segment {}", w.segno), e);
             w.failed = Some(StoreError::Backend(format!("the store failed earlier: {e}")));
