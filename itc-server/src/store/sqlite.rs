@@ -110,6 +110,16 @@ impl SqliteStore {
             .map_err(|e| backend(&format!("cannot create data dir {}", options.data_dir.display()), e))?;
         let dir_lock = lock_dir(&options.data_dir)?;
         let path = options.data_dir.join("itc.sqlite3");
+        let log = options.data_dir.join("log");
+        if !path.exists() && log.exists() {
+            // Starting empty here would hide the log store's tasks (as the log store
+            // refuses a data dir that holds an SQLite store).
+            return Err(StoreError::Backend(format!(
+                "{} holds a log store ({}); start with --store log (the default), or point --data-dir elsewhere",
+                options.data_dir.display(),
+                log.display()
+            )));
+        }
         let mut writer = Connection::open(&path).map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
         // Refuse a newer or foreign file before touching it.
         check_identity(&writer, &path)?;
@@ -680,6 +690,27 @@ mod tests {
         let conn = Connection::open(dir.path().join("itc.sqlite3")).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, 0, "left untouched");
+    }
+
+    /// A data dir that holds the log store is refused (starting empty would hide its
+    /// tasks), naming the flag that opens it, and no SQLite file is left behind.
+    #[test]
+    fn a_log_store_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(
+            crate::store::LogStore::open(crate::store::LogOptions {
+                data_dir: dir.path().to_owned(),
+                sync: SyncLevel::Normal,
+                sync_interval: Duration::from_secs(1),
+                retention_count: 1000,
+                retention_age: Duration::from_secs(3600),
+                segment_bytes: crate::store::LogOptions::SEGMENT_BYTES,
+            })
+            .unwrap(),
+        );
+        let err = SqliteStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("log store") && err.contains("--store log"), "{err}");
+        assert!(!dir.path().join("itc.sqlite3").exists());
     }
 
     /// Closed commands, closed inputs and service values survive reopening.
