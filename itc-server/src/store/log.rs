@@ -278,6 +278,9 @@ pub struct LogStore {
 struct Shared {
     dir: PathBuf,
     sync: SyncLevel,
+    /// The next ticket to hand out ([`Queue`]); taken under the core's lock, which
+    /// orders the tickets.
+    next_ticket: AtomicU64,
     /// Records between the core's lock and the file, in order.
     queue: Mutex<Queue>,
     writer: Mutex<Writer>,
@@ -1100,6 +1103,7 @@ impl LogStore {
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             sync: options.sync,
+            next_ticket: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
             writer: Mutex::new(Writer {
                 file: file.clone(),
@@ -1271,8 +1275,6 @@ fn encode(batch: &Batch, started: Instant) -> Result<Encoded, StoreError> {
 /// whose record is not next leaves it to that writer and waits for its answer.
 #[derive(Debug, Default)]
 struct Queue {
-    /// The next ticket to hand out.
-    next_ticket: u64,
     /// The next ticket to write: every ticket before it is resolved.
     next_write: u64,
     /// Records (or their encoding failures) waiting for the ones before them, by ticket.
@@ -1344,9 +1346,7 @@ impl Drop for Pending {
 impl Shared {
     /// Takes the next ticket (called under the core's lock, so tickets follow seqs).
     fn ticket(&self) -> u64 {
-        let mut queue = lock(&self.queue);
-        queue.next_ticket += 1;
-        queue.next_ticket - 1
+        self.next_ticket.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Queues record `ticket`, then, unless another commit is writing or an earlier
