@@ -1894,6 +1894,25 @@ mod tests {
         segment_path(&log, *numbered(&log, "seg").unwrap().last().unwrap())
     }
 
+    /// Writes `batches` (one commit each) to a new store in `dir` and closes it; the last
+    /// segment's path.
+    async fn written(dir: &Path, batches: &[std::ops::RangeInclusive<u64>]) -> PathBuf {
+        let store = LogStore::open(options(dir)).unwrap();
+        for seqs in batches {
+            store.commit(events(seqs.clone())).await.unwrap();
+        }
+        drop(store);
+        last_segment(dir)
+    }
+
+    /// Flips the bits `mask` of the byte at `at` in `path`; the file's bytes after.
+    fn flip(path: &Path, at: usize, mask: u8) -> Vec<u8> {
+        let mut data = fs::read(path).unwrap();
+        data[at] ^= mask;
+        fs::write(path, &data).unwrap();
+        data
+    }
+
     /// Events written survive reopening, are read back by seq, and the head continues;
     /// retention by count trims the oldest (also across a restart) but never the newest; a
     /// gap is refused and writes nothing.
@@ -2294,6 +2313,73 @@ mod tests {
         check(&store.recover().unwrap(), "a snapshot");
     }
 
+    /// A task entry carries every field of its task: one with every field set comes back
+    /// equal, its open commands from their own entries, its last command by id while
+    /// open and whole once closed. (A field of `Task` missing from `TaskEntry` does not
+    /// compile; this catches one written differently.)
+    #[test]
+    fn task_entries_round_trip_every_field() {
+        let at = UNIX_EPOCH + Duration::new(1_796_001_890, 624_880_828);
+        let open = Arc::new(Command {
+            state: CommandState::Delivered,
+            ..command("open")
+        });
+        let closed = Arc::new(command("closed"));
+        let json = |v: serde_json::Value| v.as_object().cloned();
+        let full = Task {
+            id: "t".into(),
+            agent_id: "agent".into(),
+            description: "a task".into(),
+            status: crate::core::TaskStatus::Interrupted,
+            progress: 0.25,
+            status_message: "a quarter".into(),
+            metadata: json(serde_json::json!({"k": [1, 2]})),
+            priority: -3,
+            plan: crate::core::Plan {
+                version: 2,
+                content: json(serde_json::json!({"steps": ["a"]})),
+                updated_by: Some("sup".into()),
+                update_time: Some(at),
+            },
+            version: 9,
+            create_time: at,
+            start_time: Some(at + Duration::from_secs(1)),
+            update_time: at + Duration::from_secs(2),
+            finish_time: Some(at + Duration::from_secs(3)),
+            controlling_coordinator: Some("sup".into()),
+            result: Some(serde_json::json!({"ok": true})),
+            error: Some(crate::core::TaskError {
+                message: "m".into(),
+                details: json(serde_json::json!({"d": 1})),
+            }),
+            reason: Some("why".into()),
+            stalled: true,
+            orphaned: true,
+            stall_timeout: Duration::from_millis(1500),
+            create_seq: 7,
+            lock: None,
+            open_inputs: Vec::new(),
+            open_commands: vec![open.clone()],
+            last_command: Some(closed),
+            wire: Default::default(),
+        };
+        let by_id = HashMap::from([(open.id.clone(), open.clone())]);
+        let body = serde_json::to_vec(&TaskEntry::new(&full)).unwrap();
+        assert_eq!(decode_task(&body, &by_id).unwrap(), full, "last command closed: whole");
+        let last_open = Task {
+            last_command: Some(open.clone()),
+            ..full
+        };
+        let body = serde_json::to_vec(&TaskEntry::new(&last_open)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&body).contains("\"coordinator_id\""),
+            "commands by id only"
+        );
+        let back = decode_task(&body, &by_id).unwrap();
+        assert_eq!(back, last_open, "last command open: by id");
+        assert!(Arc::ptr_eq(back.last_command.as_ref().unwrap(), &back.open_commands[0]));
+    }
+
     /// A task entry of format 1 (its commands whole, as `Task` serializes them) still
     /// decodes, commands included.
     #[test]
@@ -2420,11 +2506,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_tail_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = LogStore::open(options(dir.path())).unwrap();
-            store.commit(events(1..=3)).await.unwrap();
-        }
-        let path = last_segment(dir.path());
+        let path = written(dir.path(), &[1..=3]).await;
         let whole = fs::metadata(&path).unwrap().len();
         // A whole header whose length checks, promising more than follows.
         let mut cut = record_header(200, &[]).to_vec();
@@ -2452,10 +2534,8 @@ mod tests {
             store.commit(events(4..=4)).await.unwrap();
         }
         // A last record whose bytes are all there but fail the checksum (a power loss).
-        let mut data = fs::read(&path).unwrap();
-        let last = data.len() - 1;
-        data[last] ^= 0xff;
-        fs::write(&path, &data).unwrap();
+        let last = fs::metadata(&path).unwrap().len() as usize - 1;
+        flip(&path, last, 0xff);
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 3);
         assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
@@ -2466,15 +2546,8 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_length_is_refused_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = LogStore::open(options(dir.path())).unwrap();
-            store.commit(events(1..=1)).await.unwrap();
-            store.commit(events(2..=2)).await.unwrap();
-        }
-        let path = last_segment(dir.path());
-        let mut data = fs::read(&path).unwrap();
-        data[FILE_HEADER + 2] ^= 0x40;
-        fs::write(&path, &data).unwrap();
+        let path = written(dir.path(), &[1..=1, 2..=2]).await;
+        let data = flip(&path, FILE_HEADER + 2, 0x40);
         let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
         assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), data, "nothing truncated");
@@ -2485,11 +2558,7 @@ mod tests {
     #[tokio::test]
     async fn a_zero_filled_tail_is_torn_not_damaged() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = LogStore::open(options(dir.path())).unwrap();
-            store.commit(events(1..=2)).await.unwrap();
-        }
-        let path = last_segment(dir.path());
+        let path = written(dir.path(), &[1..=2]).await;
         let whole = fs::metadata(&path).unwrap().len();
         append(&path, &[0u8; 4096]);
         let store = LogStore::open(options(dir.path())).unwrap();
@@ -2560,15 +2629,8 @@ mod tests {
     #[tokio::test]
     async fn damage_inside_the_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = LogStore::open(options(dir.path())).unwrap();
-            store.commit(events(1..=1)).await.unwrap();
-            store.commit(events(2..=2)).await.unwrap();
-        }
-        let path = last_segment(dir.path());
-        let mut data = fs::read(&path).unwrap();
-        data[FILE_HEADER + RECORD_HEADER + 2] ^= 0xff;
-        fs::write(&path, &data).unwrap();
+        let path = written(dir.path(), &[1..=1, 2..=2]).await;
+        flip(&path, FILE_HEADER + RECORD_HEADER + 2, 0xff);
         let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
         assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
     }
