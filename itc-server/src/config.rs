@@ -372,6 +372,12 @@ impl Settings {
                 format!("{} is below the minimum of 4096", self.log_segment_bytes),
             );
         }
+        if self.log_segment_bytes > 1 << 30 {
+            return invalid(
+                "log_segment_bytes",
+                format!("{} is above the maximum of 1073741824 (1 GiB)", self.log_segment_bytes),
+            );
+        }
         if self.max_message_bytes < 1024 {
             return invalid(
                 "max_message_bytes",
@@ -531,6 +537,14 @@ mod tests {
             (
                 Overrides {
                     log_segment_bytes: Some(1000),
+                    ..Default::default()
+                },
+                "log_segment_bytes",
+            ),
+            (
+                Overrides {
+                    // A typo of extra zeros: segments would never roll, nor be compacted.
+                    log_segment_bytes: Some(64 << 30),
                     ..Default::default()
                 },
                 "log_segment_bytes",

@@ -18,7 +18,7 @@
 //! | `itc_events_delivered_total` | counter | log events sent to subscribers |
 //! | `itc_store_commit_seconds` | histogram | a commit's duration until acknowledged (durable store) |
 //! | `itc_store_batch_events` | histogram | events per commit (durable store) |
-//! | `itc_store_write_records` | histogram | records per `write` of the log (log store) |
+//! | `itc_store_write_records` | histogram | records per group written to the log (log store) |
 //! | `itc_store_compaction_failures_total` | counter | failed log compactions (log store) |
 //!
 //! A call is counted when it ends: at its trailers (the status of a trailers-only
@@ -112,7 +112,7 @@ const DESCRIPTIONS: [(&str, MetricType, Option<Unit>, &str); 11] = [
         STORE_WRITE_RECORDS,
         MetricType::Histogram,
         Some(Unit::Count),
-        "Records (batches) per write of the log: more than one when commits queued while another wrote",
+        "Records (batches) per group written to the log: more than one when commits queued while another wrote",
     ),
     (
         STORE_COMPACTION_FAILURES,

@@ -8,9 +8,19 @@
 //! hand-off to another thread on the way to the acknowledgement. [`Store::commit`] only
 //! takes a ticket, under the core's lock; the commit then encodes its record with no lock
 //! held (calls encode in parallel) and queues it, and records are written in ticket order:
-//! whoever queues the next record writes it with every record queued in order behind it,
-//! in one `write(2)` (see [`Queue`]). How a written record then reaches the disk is the
-//! [`SyncLevel`]:
+//! whoever queues the next record writes it with every record queued in order behind it
+//! (see [`Queue`]).
+//!
+//! Writing is a copy, not a system call: the current segment is mapped (shared), its
+//! disk space reserved ahead of the writer (`posix_fallocate`, then the pages faulted in
+//! at once), and a group's records are copied in. Then the segment's *committed length*,
+//! one checksummed 8-byte word in its header, moves past them with one aligned store. The
+//! copied pages are the page cache's, so they survive `kill -9` as written ones do, and a
+//! reader's `pread` sees them; whatever lies past the committed length (a copy a crash
+//! interrupted, in any order of its bytes) was never acknowledged and is ignored. A
+//! segment is cut to its committed length when it rolls over and when the store closes.
+//! Where mapping fails, segments are written with `pwrite` the same way. How a written
+//! record then reaches the disk is the [`SyncLevel`] (`fdatasync` covers mapped pages):
 //!
 //! - `full`: the commit resolves once a sync thread's `fdatasync` covers it. Syncs are
 //!   shared by every record written while the previous one ran (group commit).
@@ -40,7 +50,9 @@
 //!
 //! Layout of `data_dir/log/`: `NNNNNNNNNNNNNNNNNNNN.seg` (segments, numbered from 1) and
 //! `NNNNNNNNNNNNNNNNNNNN.snap` (the state before segment N). Each file starts with an
-//! 8-byte magic whose last byte is the format version, and its own number.
+//! 8-byte magic whose last byte is the format version, and its own number; a segment of
+//! format 3 on then has its committed length ([`SEGMENT_HEADER`]). Older segments are read
+//! (their content is the whole file) but not appended to.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -58,11 +70,31 @@ use crate::core::{Command, Event, InputRequest, JsonMap, Plan, Task, TaskError, 
 use crate::metrics::StoreMetrics;
 
 /// The format this build writes (the last byte of each file's magic).
-pub const LOG_FORMAT: u8 = 2;
+pub const LOG_FORMAT: u8 = 3;
 const SEGMENT_MAGIC: &[u8; 7] = b"ITCLOG\0";
 const SNAPSHOT_MAGIC: &[u8; 7] = b"ITCSNP\0";
-/// Magic (8 bytes) and the file's number (u64).
+/// Magic (8 bytes) and the file's number (u64): a snapshot's header, and a segment's up
+/// to format 2.
 const FILE_HEADER: usize = 16;
+/// A segment's header from format 3: [`FILE_HEADER`], then the segment's committed length
+/// at [`COMMITTED_AT`]: a u32 and a CRC-32 of it, written as one aligned 8-byte word
+/// ([`committed_word`]), so that a crash leaves it old or new, never half. The segment's
+/// content is its first `committed` bytes; anything after them was never acknowledged (a
+/// copy a crash interrupted, or space reserved ahead), whatever it holds.
+const SEGMENT_HEADER: usize = 24;
+const COMMITTED_AT: usize = 16;
+/// The longest segment content the committed length can say. `log_segment_bytes` is at
+/// most 1 GiB and a record at most [`MAX_RECORD`], so a segment stays under it.
+const MAX_SEGMENT: u64 = u32::MAX as u64;
+/// The first format whose segments carry their committed length.
+const COMMITTED_FORMAT: u8 = 3;
+/// Space reserved past `segment_bytes` in a mapped segment, for the record that crosses
+/// it (a longer one is written with `pwrite` past the map).
+const SEGMENT_SLACK: u64 = 64 << 10;
+/// A mapped segment's disk space is reserved (`posix_fallocate`) in steps of this size
+/// ahead of the writer, and the mapped pages behind it are let go (`MADV_DONTNEED`) in
+/// the same steps, so that the mapping holds about this much of the server's RSS.
+const MAP_STEP: u64 = 4 << 20;
 /// A record's header: its length, a CRC-32 of that length alone (so that damage to the
 /// length is told apart from a write cut short), and a CRC-32 of the length and the
 /// payload.
@@ -310,8 +342,19 @@ enum Synced {
 #[derive(Debug)]
 struct Writer {
     file: Arc<File>,
+    /// The current segment's first `segment_capacity` bytes, reserved on disk and mapped:
+    /// records are copied in, and the committed length published after them
+    /// ([`SEGMENT_HEADER`]). Pages in the page cache survive `kill -9` as written ones do.
+    /// `None` if mapping failed: the segment is then written with `pwrite`.
+    map: Option<memmap2::MmapMut>,
+    /// The mapped segment's bytes before this offset are reserved on disk: a copy never
+    /// touches a page past the file's end (a SIGBUS), and a full disk is an error here,
+    /// not a SIGBUS in the middle of a copy.
+    reserved: u64,
+    /// The mapped pages before this offset were let go ([`MAP_STEP`]).
+    trimmed: u64,
     segno: u64,
-    /// Bytes in the current segment.
+    /// Bytes in the current segment (its committed length).
     len: u64,
     /// Log position: bytes appended since the store opened (sync progress is counted in it).
     lsn: u64,
@@ -328,6 +371,119 @@ struct Writer {
     age_checked: Option<Instant>,
     /// Tells the compactor a segment was closed.
     rolled: Option<mpsc::Sender<u64>>,
+}
+
+impl Writer {
+    /// Appends `records` (`total` bytes) at the end of the segment, then sets its
+    /// committed length past them: into the map with one copy each and a store, or with
+    /// `pwrite` where the map does not reach.
+    fn append(&mut self, records: &[Encoded], total: u64) -> std::io::Result<()> {
+        let at = self.len;
+        let end = at + total;
+        let word = u32::try_from(end)
+            .ok()
+            .filter(|&end| u64::from(end) <= MAX_SEGMENT)
+            .map(committed_word)
+            .ok_or_else(|| std::io::Error::other(format!("a segment cannot grow past {MAX_SEGMENT} bytes")))?;
+        if end > self.reserved && self.map.as_ref().is_some_and(|map| end <= map.len() as u64) {
+            self.reserve(end)?;
+        }
+        if let Some(map) = self.map.as_mut()
+            && let (Ok(from), Ok(to)) = (usize::try_from(at), usize::try_from(end))
+            && let Some(target) = map.get_mut(from..to)
+        {
+            let mut pos = 0;
+            for record in records {
+                target[pos..pos + record.bytes.len()].copy_from_slice(&record.bytes);
+                pos += record.bytes.len();
+            }
+            // Published after the records: a crash between the two leaves them past
+            // the committed length, unacknowledged, whatever part of them was copied.
+            let target_word = map.as_mut_ptr().wrapping_add(COMMITTED_AT).cast::<u64>();
+            // SAFETY: the map is page-aligned and at least a page long, so the word is
+            // in bounds and 8-aligned; only this writer (under the writer's lock)
+            // reaches it through the map. One aligned store: a crash sees it whole.
+            unsafe { AtomicU64::from_ptr(target_word) }.store(word.to_le(), Ordering::Release);
+            self.trim(at);
+            return Ok(());
+        }
+        if let [record] = records {
+            self.file.write_all_at(&record.bytes, at)?;
+        } else {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            for record in records {
+                buf.extend_from_slice(&record.bytes);
+            }
+            let written = self.file.write_all_at(&buf, at);
+            self.buf = buf;
+            written?;
+        }
+        match self.map.as_mut() {
+            Some(map) => {
+                let target_word = map.as_mut_ptr().wrapping_add(COMMITTED_AT).cast::<u64>();
+                // SAFETY: as above.
+                unsafe { AtomicU64::from_ptr(target_word) }.store(word.to_le(), Ordering::Release);
+                Ok(())
+            }
+            None => self.file.write_all_at(&word.to_le_bytes(), COMMITTED_AT as u64),
+        }
+    }
+
+    /// Reserves the mapped segment's disk space up to `end`, rounded up to a
+    /// [`MAP_STEP`] (at most the map's length).
+    fn reserve(&mut self, end: u64) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let cap = self.map.as_ref().map_or(0, |map| map.len() as u64);
+        let upto = end.div_ceil(MAP_STEP).saturating_mul(MAP_STEP).min(cap).max(end);
+        let offset = libc::off_t::try_from(self.reserved).map_err(std::io::Error::other)?;
+        let len = libc::off_t::try_from(upto - self.reserved).map_err(std::io::Error::other)?;
+        // SAFETY: a plain system call on an open descriptor; no memory is passed.
+        let e = unsafe { libc::posix_fallocate(self.file.as_raw_fd(), offset, len) };
+        if e != 0 {
+            return Err(std::io::Error::from_raw_os_error(e));
+        }
+        if let (Some(map), Ok(from), Ok(len)) = (
+            &self.map,
+            usize::try_from(self.reserved),
+            usize::try_from(upto - self.reserved),
+        ) {
+            // The pages' faults, taken at once rather than one per page inside the copies
+            // (an older kernel without MADV_POPULATE_WRITE takes them one by one).
+            let _ = map.advise_range(memmap2::Advice::PopulateWrite, from, len);
+        }
+        self.reserved = upto;
+        Ok(())
+    }
+
+    /// Lets go of the mapped pages wholly behind `at` in steps of [`MAP_STEP`] (they are
+    /// in the page cache; the map would otherwise count the whole segment in the RSS).
+    /// The first page, holding the committed length, stays.
+    fn trim(&mut self, at: u64) {
+        let upto = at / MAP_STEP * MAP_STEP;
+        let from = self.trimmed.max(4096);
+        if upto <= from {
+            return;
+        }
+        if let (Some(map), Ok(offset), Ok(len)) = (&self.map, usize::try_from(from), usize::try_from(upto - from)) {
+            // SAFETY: a shared file mapping: the pages' data stays in the file, and is
+            // read back from it if touched again (the writer never goes back there).
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+        }
+        self.trimmed = upto;
+    }
+
+    /// Unmaps the current segment and cuts it to its committed length (the space
+    /// reserved past it goes). Failing to cut loses nothing: the committed length still
+    /// bounds what is read.
+    fn unmap(&mut self, dir: &Path) {
+        if self.map.take().is_some()
+            && let Err(e) = self.file.set_len(self.len)
+        {
+            let path = segment_path(dir, self.segno);
+            tracing::warn!(path = %path.display(), error = %e, "cannot cut a log segment to its length");
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -468,6 +624,27 @@ fn file_header(magic: &[u8; 7], n: u64) -> [u8; FILE_HEADER] {
     header[7] = LOG_FORMAT;
     header[8..].copy_from_slice(&n.to_le_bytes());
     header
+}
+
+/// A new segment's header (see [`SEGMENT_HEADER`]): nothing committed yet.
+fn segment_header(n: u64) -> [u8; SEGMENT_HEADER] {
+    let mut header = [0u8; SEGMENT_HEADER];
+    header[..FILE_HEADER].copy_from_slice(&file_header(SEGMENT_MAGIC, n));
+    header[COMMITTED_AT..].copy_from_slice(&committed_word(SEGMENT_HEADER as u32).to_le_bytes());
+    header
+}
+
+/// The committed-length word of a segment's header: the length (u32 LE), then a CRC-32
+/// of those four bytes (u32 LE), as one u64 (LE).
+fn committed_word(len: u32) -> u64 {
+    u64::from(len) | u64::from(crc32fast::hash(&len.to_le_bytes())) << 32
+}
+
+/// The length a committed-length word says, unless it fails its check.
+fn committed_len(word: [u8; 8]) -> Option<u64> {
+    let word = u64::from_le_bytes(word);
+    let len = word as u32;
+    (committed_word(len) == word).then_some(u64::from(len))
 }
 
 /// Appends one entry.
@@ -750,6 +927,9 @@ struct Scanned {
     valid_len: usize,
     /// A record before the last fails its checksum.
     corrupt: bool,
+    /// The file's length: more than `data.len()` when bytes past a segment's committed
+    /// length were cut off.
+    file_len: usize,
 }
 
 /// Reads a segment or snapshot file and checks its header and every record.
@@ -764,13 +944,19 @@ fn scan_into(path: &Path, magic: &[u8; 7], n: u64, mut data: Vec<u8>) -> Result<
     File::open(path)
         .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut data))
         .map_err(|e| format!("cannot read it: {e}"))?;
-    if data.len() < FILE_HEADER {
+    let file_len = data.len();
+    let committed = magic == SEGMENT_MAGIC
+        && data.get(..7) == Some(&magic[..])
+        && data.get(7).is_some_and(|&f| f >= COMMITTED_FORMAT);
+    let start = if committed { SEGMENT_HEADER } else { FILE_HEADER };
+    if data.len() < start {
         // Created but cut before its header was written: nothing in it.
         return Ok(Scanned {
             data,
             records: Vec::new(),
             valid_len: 0,
             corrupt: false,
+            file_len,
         });
     }
     if &data[..7] != magic {
@@ -786,8 +972,17 @@ fn scan_into(path: &Path, magic: &[u8; 7], n: u64, mut data: Vec<u8>) -> Result<
     if number != n {
         return Err(format!("its header says {number}, its name {n}"));
     }
+    if committed {
+        let length = committed_len(eight(&data[COMMITTED_AT..SEGMENT_HEADER])?)
+            .filter(|&length| length >= SEGMENT_HEADER as u64)
+            .ok_or("its header's committed length fails its checksum")?;
+        // Past the committed length lies what was never acknowledged. A file shorter than
+        // it (a power loss kept the header's page but not the last data's) is read as far
+        // as it goes, and judged as any other file cut short.
+        data.truncate(usize::try_from(length).unwrap_or(usize::MAX).min(data.len()));
+    }
     let mut records = Vec::new();
-    let mut pos = FILE_HEADER;
+    let mut pos = start;
     let mut corrupt = false;
     while let Some(header) = data.get(pos..pos + RECORD_HEADER) {
         let len_bytes = four(&header[..4]);
@@ -819,6 +1014,7 @@ fn scan_into(path: &Path, magic: &[u8; 7], n: u64, mut data: Vec<u8>) -> Result<
         records,
         valid_len: pos,
         corrupt,
+        file_len,
     })
 }
 
@@ -921,9 +1117,33 @@ fn create_segment(dir: &Path, n: u64) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| backend(&format!("cannot create {}", path.display()), e))?;
-    file.write_all(&file_header(SEGMENT_MAGIC, n))
+    file.write_all(&segment_header(n))
         .map_err(|e| backend(&format!("cannot write {}", path.display()), e))?;
     Ok(file)
+}
+
+/// The bytes a mapped segment reserves: `segment_bytes` in whole pages, and room for the
+/// record that crosses it.
+fn segment_capacity(segment_bytes: u64) -> u64 {
+    segment_bytes.div_ceil(4096) * 4096 + SEGMENT_SLACK
+}
+
+/// Maps the first `len` bytes of segment `file` for writing (they need not exist yet:
+/// [`Writer::append`] reserves them on disk before it touches them). `None` (the segment
+/// is then written with `pwrite`) if mapping fails.
+fn map_segment(file: &File, len: u64, path: &Path) -> Option<memmap2::MmapMut> {
+    let len = usize::try_from(len).ok()?;
+    // SAFETY: the mapped file is this store's (the data dir's lock keeps other servers
+    // out); the store never truncates a segment while it is mapped (`Writer::unmap`
+    // first), never touches a page past the file's end (`Writer::reserve` first), and
+    // reaches the bytes only through this map's bounds-checked slices.
+    match unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) } {
+        Ok(map) => Some(map),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot map a log segment; writing it with pwrite");
+            None
+        }
+    }
 }
 
 impl LogStore {
@@ -983,6 +1203,8 @@ impl LogStore {
             }
         }
         let mut events_head: Option<u64> = None;
+        // Each segment's content length (as found, or as cut).
+        let mut ends: HashMap<u64, u64> = HashMap::new();
         // Where the log was found cut short, if before its last segment.
         let mut cut: Option<u64> = None;
         // One segment in memory at a time.
@@ -1011,24 +1233,39 @@ impl LogStore {
                 );
                 cut = Some(*n);
             }
-            if damaged || scanned.data.len() < FILE_HEADER {
+            let format = segment_format(&path);
+            let header = if format.is_some_and(|f| f >= COMMITTED_FORMAT) {
+                SEGMENT_HEADER
+            } else {
+                FILE_HEADER
+            };
+            if damaged || scanned.data.len() < header {
                 // A torn tail (a write cut short by a crash): the batch it held was never
                 // acknowledged. Cut it off so appends continue after the last whole record.
-                let keep = scanned.valid_len.max(FILE_HEADER) as u64;
+                let keep = scanned.valid_len.max(header) as u64;
                 tracing::warn!(path = %path.display(), bytes = scanned.data.len() - scanned.valid_len.min(scanned.data.len()), "truncating a torn tail of the log");
                 let file = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
-                if scanned.data.len() < FILE_HEADER {
-                    file.set_len(0)
-                        .and_then(|()| file.write_all_at(&file_header(SEGMENT_MAGIC, *n), 0))
+                if scanned.data.len() < header {
+                    file.set_len(0).and_then(|()| file.write_all_at(&segment_header(*n), 0))
+                } else if header == SEGMENT_HEADER {
+                    // `keep` is under the committed length found, itself a u32.
+                    let word = committed_word(u32::try_from(keep).unwrap_or(u32::MAX));
+                    file.set_len(keep)
+                        .and_then(|()| file.write_all_at(&word.to_le_bytes(), COMMITTED_AT as u64))
                 } else {
                     file.set_len(keep)
                 }
                 .and_then(|()| file.sync_all())
                 .map_err(|e| backend(&format!("cannot truncate {}", path.display()), e))?;
+            } else if scanned.file_len > scanned.data.len() {
+                // Bytes past the committed length: space reserved ahead, or a copy that a
+                // crash interrupted, never acknowledged. Appends overwrite them.
+                tracing::debug!(path = %path.display(), bytes = scanned.file_len - scanned.data.len(), "ignoring the log's bytes past its committed length");
             }
+            ends.insert(*n, scanned.valid_len.max(header) as u64);
             let file = Arc::new(File::open(&path).map_err(|e| backend(&format!("cannot open {}", path.display()), e))?);
             for record in &scanned.records {
                 let payload = &scanned.data[record.clone()];
@@ -1080,22 +1317,27 @@ impl LogStore {
                 let path = segment_path(&dir, n);
                 let file = OpenOptions::new()
                     .read(true)
-                    .append(true)
+                    .write(true)
                     .open(&path)
                     .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
-                let len = file
-                    .metadata()
-                    .map_err(|e| backend(&format!("cannot read {}", path.display()), e))?
-                    .len();
+                let len = ends.get(&n).copied().unwrap_or(SEGMENT_HEADER as u64);
                 (n, file, len)
             }
             _ => {
                 let n = base.unwrap_or(1).max(segments.last().map_or(1, |l| l + 1));
                 let file = create_segment(&dir, n)?;
                 sync_dir(&dir).map_err(|e| backend(&format!("cannot sync {}", dir.display()), e))?;
-                (n, file, FILE_HEADER as u64)
+                (n, file, SEGMENT_HEADER as u64)
             }
         };
+        let segment_bytes = options.segment_bytes.clamp(SEGMENT_HEADER as u64 + 1, 1 << 30);
+        // A segment longer than its capacity (written with a larger `segment_bytes`) is
+        // appended to with `pwrite` until it rolls.
+        let map = map_segment(
+            &file,
+            segment_capacity(segment_bytes).max(len),
+            &segment_path(&dir, segno),
+        );
         let file = Arc::new(file);
         let retention_count = options.retention_count.max(1) as u64;
         let oldest = retained_from(&index, head, 0, retention_count, Some(options.retention_age));
@@ -1107,6 +1349,9 @@ impl LogStore {
             queue: Mutex::new(Queue::default()),
             writer: Mutex::new(Writer {
                 file: file.clone(),
+                map,
+                reserved: 0,
+                trimmed: 0,
                 segno,
                 len,
                 lsn: 0,
@@ -1114,7 +1359,7 @@ impl LogStore {
                 buf: Vec::new(),
                 failed: None,
                 closed: false,
-                segment_bytes: options.segment_bytes.max(FILE_HEADER as u64 + 1),
+                segment_bytes,
                 retention_count,
                 retention_age: options.retention_age,
                 age_checked: None,
@@ -1468,18 +1713,8 @@ impl Shared {
         if valid.is_empty() {
             return outcomes;
         }
-        let written = if let [record] = valid.as_slice() {
-            (&*w.file).write_all(&record.bytes)
-        } else {
-            let mut buf = std::mem::take(&mut w.buf);
-            buf.clear();
-            for record in &valid {
-                buf.extend_from_slice(&record.bytes);
-            }
-            let written = (&*w.file).write_all(&buf);
-            w.buf = buf;
-            written
-        };
+        let total: u64 = valid.iter().map(|r| r.bytes.len() as u64).sum();
+        let written = w.append(&valid, total);
         self.metrics.wrote(valid.len());
         if let Err(e) = written {
             let e = backend(&format!("cannot write segment {}", w.segno), e);
@@ -1487,7 +1722,6 @@ impl Shared {
             return outcomes.into_iter().map(|_| Err(e.clone())).collect();
         }
         let mut at = w.len;
-        let total: u64 = valid.iter().map(|r| r.bytes.len() as u64).sum();
         w.len += total;
         w.lsn += total;
         w.head = head;
@@ -1559,6 +1793,8 @@ impl Shared {
     /// created, the batch just written stands, and every later one fails.
     fn roll(&self, w: &mut Writer) {
         let next = w.segno + 1;
+        // The closed segment ends at its committed length (before the next exists).
+        w.unmap(&self.dir);
         let file = match create_segment(&self.dir, next) {
             Ok(file) => Arc::new(file),
             Err(e) => {
@@ -1567,10 +1803,13 @@ impl Shared {
                 return;
             }
         };
+        w.map = map_segment(&file, segment_capacity(w.segment_bytes), &segment_path(&self.dir, next));
+        w.reserved = 0;
+        w.trimmed = 0;
         let closed = std::mem::replace(&mut w.file, file.clone());
         w.segno = next;
-        w.len = FILE_HEADER as u64;
-        w.lsn += FILE_HEADER as u64;
+        w.len = SEGMENT_HEADER as u64;
+        w.lsn += SEGMENT_HEADER as u64;
         {
             let mut sync = lock(&self.sync_state);
             if self.sync != SyncLevel::Off {
@@ -1820,6 +2059,8 @@ impl Store for LogStore {
         {
             let mut w = lock(&self.shared.writer);
             w.closed = true;
+            // The segment ends at its committed length (the syncer's last sync follows).
+            w.unmap(&self.shared.dir);
             // The compactor finishes the snapshot it is writing, then stops.
             w.rolled = None;
         }
@@ -1887,6 +2128,28 @@ mod tests {
             .unwrap()
             .write_all(bytes)
             .unwrap();
+    }
+
+    /// Appends `bytes` to the segment at `path` and moves its committed length past them:
+    /// a power loss that kept the header's page and only part of the data's.
+    fn append_committed(path: &Path, bytes: &[u8]) {
+        append(path, bytes);
+        set_committed(path, fs::metadata(path).unwrap().len());
+    }
+
+    fn set_committed(path: &Path, len: u64) {
+        let word = committed_word(u32::try_from(len).unwrap());
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&word.to_le_bytes(), COMMITTED_AT as u64).unwrap();
+    }
+
+    fn committed(path: &Path) -> u64 {
+        let mut word = [0u8; 8];
+        File::open(path)
+            .unwrap()
+            .read_exact_at(&mut word, COMMITTED_AT as u64)
+            .unwrap();
+        committed_len(word).unwrap()
     }
 
     fn last_segment(dir: &Path) -> PathBuf {
@@ -2508,34 +2771,150 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=3]).await;
         let whole = fs::metadata(&path).unwrap().len();
+        assert_eq!(committed(&path), whole, "a closed segment ends at its committed length");
         // A whole header whose length checks, promising more than follows.
         let mut cut = record_header(200, &[]).to_vec();
         cut.extend_from_slice(&[9, 9]);
-        append(&path, &cut);
+        append_committed(&path, &cut);
         {
             let store = LogStore::open(options(dir.path())).unwrap();
             assert_eq!(store.recover().unwrap().head_seq, 3);
-            assert_eq!(
-                fs::metadata(&path).unwrap().len(),
-                whole,
-                "cut back to the last whole record"
-            );
+            assert_eq!(committed(&path), whole, "cut back to the last whole record");
         }
+        assert_eq!(fs::metadata(&path).unwrap().len(), whole);
         // Half a header.
-        append(&path, &[200, 0, 0, 0, 1, 2]);
+        append_committed(&path, &[200, 0, 0, 0, 1, 2]);
         {
             let store = LogStore::open(options(dir.path())).unwrap();
             assert_eq!(store.recover().unwrap().head_seq, 3);
-            assert_eq!(
-                fs::metadata(&path).unwrap().len(),
-                whole,
-                "cut back to the last whole record"
-            );
+            assert_eq!(committed(&path), whole, "cut back to the last whole record");
             store.commit(events(4..=4)).await.unwrap();
         }
         // A last record whose bytes are all there but fail the checksum (a power loss).
         let last = fs::metadata(&path).unwrap().len() as usize - 1;
         flip(&path, last, 0xff);
+        let store = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 3);
+        assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
+    }
+
+    /// Whatever lies past the committed length was never acknowledged (a copy that a
+    /// `kill -9` interrupted, in any order of its bytes, or space reserved ahead): it is
+    /// ignored, even when it looks like damage or like a whole record, and appends
+    /// overwrite it.
+    #[tokio::test]
+    async fn bytes_past_the_committed_length_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), &[1..=2]).await;
+        let whole = fs::metadata(&path).unwrap().len();
+        let data = fs::read(&path).unwrap();
+        // Garbage (it would fail a header's check: damage, if it were committed), then
+        // a copy of the last record whole.
+        let mut past = vec![0xA5u8; 40];
+        past.extend_from_slice(&data[data.len() - 100..]);
+        append(&path, &past);
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            assert_eq!(store.recover().unwrap().head_seq, 2);
+            assert_eq!(seqs(&store, 0, 10), vec![1, 2]);
+            store.commit(events(3..=3)).await.unwrap();
+        }
+        let store = LogStore::open(options(dir.path())).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 3);
+        assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
+        drop(store);
+        assert!(fs::metadata(&path).unwrap().len() > whole);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            committed(&path),
+            "closed at its length"
+        );
+    }
+
+    /// While open, the current segment's space is reserved (and mapped) ahead of its
+    /// content; what a reader sees is the committed content only, and a segment that
+    /// rolls over or a store that closes is cut to its committed length.
+    #[tokio::test]
+    async fn segments_are_reserved_ahead_and_closed_at_their_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let store = LogStore::open(small.clone()).unwrap();
+        store.commit(events(1..=1)).await.unwrap();
+        let path = last_segment(dir.path());
+        assert!(lock(&store.shared.writer).map.is_some(), "mapped");
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            segment_capacity(4096),
+            "reserved ahead"
+        );
+        let first = committed(&path);
+        assert!(first > SEGMENT_HEADER as u64);
+        let mut seq = 1;
+        while numbered(&dir.path().join("log"), "seg").unwrap().len() < 3 {
+            seq += 1;
+            store.commit(events(seq..=seq)).await.unwrap();
+        }
+        assert_eq!(seqs(&store, 0, 1000), (1..=seq).collect::<Vec<_>>());
+        let log = dir.path().join("log");
+        let segments = numbered(&log, "seg").unwrap();
+        for &n in &segments[..segments.len() - 1] {
+            let closed = segment_path(&log, n);
+            assert_eq!(
+                fs::metadata(&closed).unwrap().len(),
+                committed(&closed),
+                "segment {n} cut"
+            );
+        }
+        drop(store);
+        let path = last_segment(dir.path());
+        assert_eq!(fs::metadata(&path).unwrap().len(), committed(&path));
+        let store = LogStore::open(small).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, seq);
+        assert_eq!(seqs(&store, 0, 1000), (1..=seq).collect::<Vec<_>>());
+    }
+
+    /// A committed length that fails its checksum is damage: refused, naming the file.
+    #[tokio::test]
+    async fn a_damaged_committed_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), &[1..=1]).await;
+        let data = flip(&path, COMMITTED_AT, 0x01);
+        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
+        assert!(err.contains("committed length") && err.contains(".seg"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), data, "nothing truncated");
+    }
+
+    /// A format-2 segment (no committed length: its content is the whole file) reads,
+    /// with its torn tail; appends go to a new segment of this build's format.
+    #[tokio::test]
+    async fn a_format_2_segment_reads_and_is_not_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), &[1..=1, 2..=2]).await;
+        // The same records behind a format-2 header, and a tail of zeros.
+        let data = fs::read(&path).unwrap();
+        let mut old = file_header(SEGMENT_MAGIC, 1).to_vec();
+        old[7] = 2;
+        old.extend_from_slice(&data[SEGMENT_HEADER..]);
+        old.extend_from_slice(&[0; 100]);
+        fs::write(&path, &old).unwrap();
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            assert_eq!(store.recover().unwrap().head_seq, 2);
+            store.commit(events(3..=3)).await.unwrap();
+            assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
+        }
+        let log = dir.path().join("log");
+        assert_eq!(numbered(&log, "seg").unwrap(), vec![1, 2]);
+        assert_eq!(segment_format(&path), Some(2));
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            old.len() as u64 - 100,
+            "torn tail cut"
+        );
+        assert_eq!(segment_format(&segment_path(&log, 2)), Some(LOG_FORMAT));
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 3);
         assert_eq!(seqs(&store, 0, 10), vec![1, 2, 3]);
@@ -2547,22 +2926,24 @@ mod tests {
     async fn a_damaged_length_is_refused_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=1, 2..=2]).await;
-        let data = flip(&path, FILE_HEADER + 2, 0x40);
+        let data = flip(&path, SEGMENT_HEADER + 2, 0x40);
         let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
         assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), data, "nothing truncated");
     }
 
-    /// Zeros after the last record (a file the machine extended but did not fill before
-    /// losing power) are a torn tail, not damage.
+    /// Zeros after the last record inside the committed length (a file the machine
+    /// extended but did not fill before losing power) are a torn tail, not damage.
     #[tokio::test]
     async fn a_zero_filled_tail_is_torn_not_damaged() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=2]).await;
         let whole = fs::metadata(&path).unwrap().len();
-        append(&path, &[0u8; 4096]);
+        append_committed(&path, &[0u8; 4096]);
         let store = LogStore::open(options(dir.path())).unwrap();
         assert_eq!(store.recover().unwrap().head_seq, 2);
+        assert_eq!(committed(&path), whole);
+        drop(store);
         assert_eq!(fs::metadata(&path).unwrap().len(), whole);
     }
 
@@ -2630,7 +3011,7 @@ mod tests {
     async fn damage_inside_the_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=1, 2..=2]).await;
-        flip(&path, FILE_HEADER + RECORD_HEADER + 2, 0xff);
+        flip(&path, SEGMENT_HEADER + RECORD_HEADER + 2, 0xff);
         let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
         assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
     }
