@@ -83,11 +83,17 @@ pub struct Plan {
     /// 0 before any plan was set.
     pub version: u64,
     /// The plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<JsonMap>,
     /// Who set this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<String>,
     /// When.
-    #[serde(default, with = "crate::core::model::nanos::option_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::core::model::nanos::option_time"
+    )]
     pub update_time: Option<SystemTime>,
 }
 
@@ -97,6 +103,7 @@ pub struct TaskError {
     /// Human-readable message.
     pub message: String,
     /// Structured details.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<JsonMap>,
 }
 
@@ -116,6 +123,7 @@ pub struct Task {
     /// The agent's latest status line.
     pub status_message: String,
     /// Metadata given at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<JsonMap>,
     /// Priority.
     pub priority: i32,
@@ -127,21 +135,33 @@ pub struct Task {
     #[serde(with = "crate::core::model::nanos::time")]
     pub create_time: SystemTime,
     /// Started running.
-    #[serde(default, with = "crate::core::model::nanos::option_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::core::model::nanos::option_time"
+    )]
     pub start_time: Option<SystemTime>,
     /// Last changed.
     #[serde(with = "crate::core::model::nanos::time")]
     pub update_time: SystemTime,
     /// Finished.
-    #[serde(default, with = "crate::core::model::nanos::option_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::core::model::nanos::option_time"
+    )]
     pub finish_time: Option<SystemTime>,
     /// The coordinator that last steered it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub controlling_coordinator: Option<String>,
     /// Result, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     /// Error, once failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     /// Why it was interrupted or cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Health flag: no progress or heartbeat within `stall_timeout`.
     pub stalled: bool,
@@ -164,7 +184,7 @@ pub struct Task {
     #[serde(default)]
     pub open_commands: Vec<std::sync::Arc<Command>>,
     /// The last command applied to the task: who changed what.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_command: Option<std::sync::Arc<Command>>,
     /// Its encoding for readers, made once per version of the task (not stored).
     #[serde(skip)]
@@ -470,6 +490,7 @@ pub struct Command {
     /// Server-assigned id.
     pub id: String,
     /// The caller's idempotency key.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// The task.
     pub task_id: String,
@@ -478,12 +499,15 @@ pub struct Command {
     /// What to do.
     pub action: CommandAction,
     /// Parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<JsonMap>,
     /// Lifecycle state.
     pub state: CommandState,
     /// Why it was rejected or timed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The agent's answer or result.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
     /// The lock token it was issued under (0: taken implicitly for the call).
     pub fencing_token: u64,
@@ -537,27 +561,39 @@ pub struct InputRequest {
     /// The question.
     pub prompt: String,
     /// JSON schema of the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<JsonMap>,
     /// Allowed answers.
     pub choices: Vec<String>,
     /// When it expires.
-    #[serde(default, with = "crate::core::model::nanos::option_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::core::model::nanos::option_time"
+    )]
     pub deadline: Option<SystemTime>,
     /// What happens then.
     pub timeout_action: InputTimeoutAction,
     /// The answer USE_DEFAULT gives.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_value: Option<serde_json::Value>,
     /// Lifecycle state.
     pub state: InputState,
     /// The answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<serde_json::Value>,
     /// Who answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub answered_by: Option<String>,
     /// Asked.
     #[serde(with = "crate::core::model::nanos::time")]
     pub create_time: SystemTime,
     /// Answered or expired.
-    #[serde(default, with = "crate::core::model::nanos::option_time")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::core::model::nanos::option_time"
+    )]
     pub close_time: Option<SystemTime>,
 }
 
@@ -606,18 +642,24 @@ pub struct Event {
     #[serde(with = "crate::core::model::nanos::time")]
     pub time: SystemTime,
     /// The task concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
     /// The agent concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     /// The coordinator concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub coordinator_id: Option<String>,
     /// The command that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<String>,
     /// Structured data (the agent's payload for REAL_TIME_UPDATE).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<JsonMap>,
     /// For task events: the task's version after the event.
     pub task_version: u64,
     /// For task events: the task's status after the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task_status: Option<TaskStatus>,
     /// Typed detail.
     pub detail: EventDetail,

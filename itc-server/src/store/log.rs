@@ -142,33 +142,44 @@ struct TaskEntry<'a> {
     status: TaskStatus,
     progress: f64,
     status_message: &'a str,
+    #[serde(skip_serializing_if = "absent")]
     metadata: &'a Option<JsonMap>,
     priority: i32,
     plan: &'a Plan,
     version: u64,
     #[serde(with = "crate::core::nanos::time")]
     create_time: SystemTime,
-    #[serde(with = "crate::core::nanos::option_time")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::core::nanos::option_time")]
     start_time: Option<SystemTime>,
     #[serde(with = "crate::core::nanos::time")]
     update_time: SystemTime,
-    #[serde(with = "crate::core::nanos::option_time")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::core::nanos::option_time")]
     finish_time: Option<SystemTime>,
+    #[serde(skip_serializing_if = "absent")]
     controlling_coordinator: &'a Option<String>,
+    #[serde(skip_serializing_if = "absent")]
     result: &'a Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "absent")]
     error: &'a Option<TaskError>,
+    #[serde(skip_serializing_if = "absent")]
     reason: &'a Option<String>,
     stalled: bool,
     orphaned: bool,
     #[serde(with = "crate::core::nanos::duration")]
     stall_timeout: Duration,
     create_seq: u64,
+    #[serde(skip_serializing_if = "<[InputRequest]>::is_empty")]
     open_inputs: &'a [InputRequest],
     open_command_ids: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_command_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_command: Option<&'a Command>,
+}
+
+/// A borrowed `Option` left out of the JSON when `None` (read back as `None`).
+fn absent<T>(value: &&Option<T>) -> bool {
+    value.is_none()
 }
 
 impl<'a> TaskEntry<'a> {
@@ -2107,11 +2118,11 @@ mod tests {
         store.read_events(after, limit).unwrap().iter().map(|e| e.seq).collect()
     }
 
-    /// Events 1..=40, one per commit, in 4 KiB segments (several rolls); the store is
+    /// Events 1..=40, one per commit, in 1 KiB segments (several rolls); the store is
     /// closed again. Returns its options.
     async fn forty_events_in_small_segments(dir: &Path) -> LogOptions {
         let small = LogOptions {
-            segment_bytes: 4096,
+            segment_bytes: 1024,
             ..options(dir)
         };
         let store = LogStore::open(small.clone()).unwrap();
@@ -2643,6 +2654,41 @@ mod tests {
         assert!(Arc::ptr_eq(back.last_command.as_ref().unwrap(), &back.open_commands[0]));
     }
 
+    /// The stores leave a `None` out of their JSON; a `null`, as written before, reads
+    /// the same.
+    #[test]
+    fn absent_and_null_fields_read_alike() {
+        // Builds before this one wrote every `None` as `null`, and no input as `[]`.
+        let task = (*task("t", 3)).clone();
+        let body = serde_json::to_vec(&TaskEntry::new(&task)).unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let map = value.as_object_mut().unwrap();
+        let absent = [
+            "metadata",
+            "finish_time",
+            "controlling_coordinator",
+            "result",
+            "error",
+            "reason",
+        ];
+        for key in absent {
+            assert!(!map.contains_key(key), "{key} is left out");
+            map.insert(key.into(), serde_json::Value::Null);
+        }
+        map.insert("open_inputs".into(), serde_json::json!([]));
+        let nulls = serde_json::to_vec(&value).unwrap();
+        assert_eq!(decode_task(&body, &HashMap::new()).unwrap(), task);
+        assert_eq!(decode_task(&nulls, &HashMap::new()).unwrap(), task);
+        let command = command("c1");
+        let mut value = serde_json::to_value(&command).unwrap();
+        let map = value.as_object_mut().unwrap();
+        for key in ["data", "reason", "result"] {
+            assert!(!map.contains_key(key), "{key} is left out");
+            map.insert(key.into(), serde_json::Value::Null);
+        }
+        assert_eq!(serde_json::from_value::<Command>(value).unwrap(), command);
+    }
+
     /// A task entry of format 1 (its commands whole, as `Task` serializes them) still
     /// decodes, commands included.
     #[test]
@@ -3071,7 +3117,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::prometheus().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let small = LogOptions {
-            segment_bytes: 4096,
+            segment_bytes: 1024,
             ..options(dir.path())
         };
         let store = LogStore::open_with_metrics(small.clone(), metrics.store()).unwrap();
