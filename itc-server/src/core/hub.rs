@@ -17,7 +17,7 @@
 //! Events become visible to subscribers only up to `visible`, the newest seq whose batch
 //! the store has made durable.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -176,13 +176,13 @@ pub(crate) struct Inbox {
 #[derive(Debug, Default)]
 struct Index {
     /// Every registered subscription, by id.
-    subs: HashMap<u64, Arc<SubShared>>,
+    subs: super::Map<u64, Arc<SubShared>>,
     /// Subscriptions with task ids, under each of them.
-    by_task: HashMap<String, Vec<Arc<SubShared>>>,
+    by_task: super::Map<String, Vec<Arc<SubShared>>>,
     /// Subscriptions with agent ids and no task ids, under each agent.
-    by_agent: HashMap<String, Vec<Arc<SubShared>>>,
+    by_agent: super::Map<String, Vec<Arc<SubShared>>>,
     /// Subscriptions with neither.
-    all: HashMap<u64, Arc<SubShared>>,
+    all: super::Map<u64, Arc<SubShared>>,
 }
 
 /// How a candidate was found: the part of its filter that the index already matched.
@@ -322,7 +322,7 @@ impl Hub {
             return;
         }
         let id = shared.id;
-        let remove = |map: &mut HashMap<String, Vec<Arc<SubShared>>>, key: &String| {
+        let remove = |map: &mut super::Map<String, Vec<Arc<SubShared>>>, key: &String| {
             if let Some(subs) = map.get_mut(key) {
                 subs.retain(|sub| sub.id != id);
                 if subs.is_empty() {

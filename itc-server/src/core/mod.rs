@@ -205,17 +205,21 @@ impl State {
     }
 }
 
+/// The core's maps: keyed by ids, hashed with foldhash (randomly seeded per map), which
+/// costs a fraction of std's SipHash on every lookup and rehash.
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct State {
     /// Tasks by `create_seq`: listing order, and stable page boundaries.
     tasks: BTreeMap<u64, Arc<Task>>,
     /// Task id → `create_seq`.
-    ids: HashMap<String, u64>,
+    ids: Map<String, u64>,
     /// Tasks by status (indexed as [`TaskStatus::ALL`]), kept by every write, so that
     /// GetStatus reads the counts instead of walking every task.
     by_status: [u64; 7],
     /// The status each task is counted under in `by_status`.
-    counted: HashMap<String, TaskStatus>,
+    counted: Map<String, TaskStatus>,
     /// `create_seq` of finished tasks, oldest finish first (retention).
     finished: VecDeque<u64>,
     /// The newest seq appended.
@@ -223,26 +227,26 @@ struct State {
     counters: Counters,
     global_interrupt: bool,
     /// Connected sessions by id.
-    sessions: HashMap<String, sessions::SessionEntry>,
+    sessions: Map<String, sessions::SessionEntry>,
     /// Pending deadlines, earliest first.
     timers: std::collections::BTreeSet<(tokio::time::Instant, timers::Timer)>,
     /// Wakes the timer task when an earlier deadline is armed.
     timer_signal: Arc<tokio::sync::Notify>,
     /// Live tasks' last progress or vouching heartbeat (for STALLED).
-    activity: HashMap<String, tokio::time::Instant>,
+    activity: Map<String, tokio::time::Instant>,
     /// When each held lock's lease runs out.
-    lock_deadlines: HashMap<String, tokio::time::Instant>,
+    lock_deadlines: Map<String, tokio::time::Instant>,
     /// Open command id → task id (open commands live in their task).
-    command_index: HashMap<String, String>,
+    command_index: Map<String, String>,
     /// Finished commands, kept for GetCommand and idempotent retries (bounded).
-    closed_commands: HashMap<String, Command>,
+    closed_commands: Map<String, Command>,
     closed_command_order: VecDeque<String>,
     /// (coordinator, idempotency key) → command id.
-    idempotency: HashMap<(String, String), String>,
+    idempotency: Map<(String, String), String>,
     /// Open input request id → task id (open requests live in their task).
-    input_index: HashMap<String, String>,
+    input_index: Map<String, String>,
     /// Answered, expired or cancelled input requests (bounded).
-    closed_inputs: HashMap<String, InputRequest>,
+    closed_inputs: Map<String, InputRequest>,
     closed_input_order: VecDeque<String>,
     /// Interact calls so far (the conversation's turn number).
     interactions: u64,
