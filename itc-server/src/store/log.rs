@@ -31,9 +31,19 @@
 //!
 //! A closed segment is synced before the current one. After a power loss, a record cut
 //! short can still end a segment that later ones follow (the OS wrote their pages
-//! first): none of those later records was acknowledged under `full` (its sync would
-//! have covered the earlier segment first), and `normal` accepts losing the last
-//! interval, so the start cuts the log there and removes the segments after it.
+//! first), or a segment's committed length on disk can be older than its last records
+//! while the next segment's events made it (the events then jump): none of those later
+//! records was acknowledged under `full` (its sync would have covered the earlier
+//! segment first), and `normal` accepts losing the last interval, so the start cuts the
+//! log there and removes the segments after it. A segment whose header is zeros (its
+//! reserved size reached the disk, its first page did not) holds nothing. Bytes past
+//! the last segment's committed length are cut on disk at start, before anything is
+//! appended over them.
+//!
+//! Mapping is used on Linux on ext4, XFS and tmpfs, which write a reserved block in
+//! place, so a write into a mapped page needs no new space; elsewhere (copy-on-write or
+//! network file systems, where a full disk would be a SIGBUS inside a copy; other
+//! systems) segments are written with `pwrite`, in the same format.
 //!
 //! A segment rolls over past `segment_bytes`. A compactor thread then folds the previous
 //! snapshot and the closed segments into a new snapshot (each task as last written, each
@@ -84,7 +94,8 @@ const FILE_HEADER: usize = 16;
 const SEGMENT_HEADER: usize = 24;
 const COMMITTED_AT: usize = 16;
 /// The longest segment content the committed length can say. `log_segment_bytes` is at
-/// most 1 GiB and a record at most [`MAX_RECORD`], so a segment stays under it.
+/// most 1 GiB and a record at most [`MAX_RECORD`]; a group of several records that would
+/// take a segment past it fails its write (and the store), losing nothing acknowledged.
 const MAX_SEGMENT: u64 = u32::MAX as u64;
 /// The first format whose segments carry their committed length.
 const COMMITTED_FORMAT: u8 = 3;
@@ -364,6 +375,10 @@ struct Writer {
     reserved: u64,
     /// The mapped pages before this offset were let go ([`MAP_STEP`]).
     trimmed: u64,
+    /// Fault the reserved pages in at once (`MADV_POPULATE_WRITE`). Not with `sync =
+    /// full`: each sync would write the populated pages ahead of the writer (zeros) and
+    /// protect them again, so their faults come back anyway.
+    populate: bool,
     segno: u64,
     /// Bytes in the current segment (its committed length).
     len: u64,
@@ -443,6 +458,7 @@ impl Writer {
 
     /// Reserves the mapped segment's disk space up to `end`, rounded up to a
     /// [`MAP_STEP`] (at most the map's length).
+    #[cfg(target_os = "linux")]
     fn reserve(&mut self, end: u64) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let cap = self.map.as_ref().map_or(0, |map| map.len() as u64);
@@ -454,7 +470,8 @@ impl Writer {
         if e != 0 {
             return Err(std::io::Error::from_raw_os_error(e));
         }
-        if let (Some(map), Ok(from), Ok(len)) = (
+        if let (true, Some(map), Ok(from), Ok(len)) = (
+            self.populate,
             &self.map,
             usize::try_from(self.reserved),
             usize::try_from(upto - self.reserved),
@@ -465,6 +482,12 @@ impl Writer {
         }
         self.reserved = upto;
         Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn reserve(&mut self, _end: u64) -> std::io::Result<()> {
+        // Never mapped off Linux ([`map_segment`]).
+        Err(std::io::Error::other("a log segment is mapped only on Linux"))
     }
 
     /// Lets go of the mapped pages wholly behind `at` in steps of [`MAP_STEP`] (they are
@@ -960,6 +983,13 @@ fn scan_into(path: &Path, magic: &[u8; 7], n: u64, mut data: Vec<u8>) -> Result<
         && data.get(..7) == Some(&magic[..])
         && data.get(7).is_some_and(|&f| f >= COMMITTED_FORMAT);
     let start = if committed { SEGMENT_HEADER } else { FILE_HEADER };
+    // A segment whose header is zeros: the file's size reached the disk before its first
+    // page did (a power loss right after it was created, its space reserved). Nothing in
+    // it was acknowledged under `full` (that waits for a sync of the whole segment).
+    let unwritten = magic == SEGMENT_MAGIC && data.get(..FILE_HEADER).is_some_and(|h| h.iter().all(|&b| b == 0));
+    if unwritten {
+        data.truncate(0);
+    }
     if data.len() < start {
         // Created but cut before its header was written: nothing in it.
         return Ok(Scanned {
@@ -1141,13 +1171,20 @@ fn segment_capacity(segment_bytes: u64) -> u64 {
 
 /// Maps the first `len` bytes of segment `file` for writing (they need not exist yet:
 /// [`Writer::append`] reserves them on disk before it touches them). `None` (the segment
-/// is then written with `pwrite`) if mapping fails.
+/// is then written with `pwrite`) if mapping fails, off Linux, and on a file system that
+/// is not known to allocate in place ([`maps_safely`]).
+#[cfg(target_os = "linux")]
 fn map_segment(file: &File, len: u64, path: &Path) -> Option<memmap2::MmapMut> {
+    if !maps_safely(file) {
+        tracing::debug!(path = %path.display(), "the log's file system is written with pwrite, not mapped");
+        return None;
+    }
     let len = usize::try_from(len).ok()?;
     // SAFETY: the mapped file is this store's (the data dir's lock keeps other servers
     // out); the store never truncates a segment while it is mapped (`Writer::unmap`
-    // first), never touches a page past the file's end (`Writer::reserve` first), and
-    // reaches the bytes only through this map's bounds-checked slices.
+    // first) and never touches a page past the file's end (`Writer::reserve` first). The
+    // bytes are reached through this map's bounds-checked slices, and the committed
+    // length through one aligned atomic inside its first page (`Writer::append`).
     match unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) } {
         Ok(map) => Some(map),
         Err(e) => {
@@ -1155,6 +1192,32 @@ fn map_segment(file: &File, len: u64, path: &Path) -> Option<memmap2::MmapMut> {
             None
         }
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn map_segment(_file: &File, _len: u64, _path: &Path) -> Option<memmap2::MmapMut> {
+    None
+}
+
+/// Whether the segment's file system writes a reserved block in place (ext4, XFS,
+/// tmpfs): a write fault into a mapped page then needs no new space. A copy-on-write
+/// file system (btrfs, ZFS, bcachefs) or a network one allocates at writeback, where a
+/// full disk would be a SIGBUS inside a copy; those are written with `pwrite`.
+#[cfg(target_os = "linux")]
+fn maps_safely(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const TMPFS: i64 = 0x0102_1994;
+    // SAFETY: `statfs` is plain data, filled in by the call on an open descriptor.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `stat` outlives the call.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // its type differs by target
+    let kind = i64::from(stat.f_type as i64);
+    matches!(kind, EXT4 | XFS | TMPFS)
 }
 
 impl LogStore {
@@ -1201,7 +1264,8 @@ impl LogStore {
             None => Folded::default(),
         };
         let mut index = Index::default();
-        // The last segment with more than its header: damage before it is not a torn
+        // The last segment longer than a header (a format-3 segment reserved ahead counts,
+        // which only moves where a cut may happen): damage before it is not a torn
         // tail (a segment is synced before the next one is written, except with `off`).
         let mut last = None;
         for &n in &segments {
@@ -1218,6 +1282,8 @@ impl LogStore {
         let mut ends: HashMap<u64, u64> = HashMap::new();
         // Where the log was found cut short, if before its last segment.
         let mut cut: Option<u64> = None;
+        // The segment read before the current one.
+        let mut previous: Option<u64> = None;
         // One segment in memory at a time.
         let mut buffer = Vec::new();
         for n in &segments {
@@ -1263,9 +1329,12 @@ impl LogStore {
                     file.set_len(0).and_then(|()| file.write_all_at(&segment_header(*n), 0))
                 } else if header == SEGMENT_HEADER {
                     // `keep` is under the committed length found, itself a u32.
+                    // The word first: cut short before the file, it never claims bytes
+                    // that are not there.
                     let word = committed_word(u32::try_from(keep).unwrap_or(u32::MAX));
-                    file.set_len(keep)
-                        .and_then(|()| file.write_all_at(&word.to_le_bytes(), COMMITTED_AT as u64))
+                    file.write_all_at(&word.to_le_bytes(), COMMITTED_AT as u64)
+                        .and_then(|()| file.sync_data())
+                        .and_then(|()| file.set_len(keep))
                 } else {
                     file.set_len(keep)
                 }
@@ -1277,6 +1346,34 @@ impl LogStore {
                 tracing::debug!(path = %path.display(), bytes = scanned.file_len - scanned.data.len(), "ignoring the log's bytes past its committed length");
             }
             ends.insert(*n, scanned.valid_len.max(header) as u64);
+            // A segment whose first event does not follow the last one before it: a power
+            // loss kept this segment's pages and lost the end of the one before (its
+            // committed length on disk is older than its last records). Nothing here was
+            // acknowledged under `full` (the earlier segment is synced first), so the log
+            // ends before it, as for a segment cut short. Only after the snapshot: the
+            // segments it covers were synced before it was written.
+            let first_seq = scanned.records.iter().find_map(|record| {
+                entries(&scanned.data[record.clone()])
+                    .filter_map(Result::ok)
+                    .find(|entry| entry.kind == kind::EVENT)
+                    .and_then(|entry| event_key(entry.key).ok())
+                    .map(|(seq, _)| seq)
+            });
+            if let (Some(head), Some(first), Some(before)) = (events_head, first_seq, previous)
+                && first > head + 1
+                && base.is_none_or(|b| before >= b)
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    first,
+                    head,
+                    "a segment after a gap in the events (a power loss): the log ends before it, later segments are removed"
+                );
+                fs::remove_file(&path).map_err(|e| backend(&format!("cannot remove {}", path.display()), e))?;
+                cut = Some(before);
+                continue;
+            }
+            previous = Some(*n);
             let file = Arc::new(File::open(&path).map_err(|e| backend(&format!("cannot open {}", path.display()), e))?);
             for record in &scanned.records {
                 let payload = &scanned.data[record.clone()];
@@ -1332,6 +1429,19 @@ impl LogStore {
                     .open(&path)
                     .map_err(|e| backend(&format!("cannot open {}", path.display()), e))?;
                 let len = ends.get(&n).copied().unwrap_or(SEGMENT_HEADER as u64);
+                // Bytes past the committed length (a group a crash interrupted, reserved
+                // space) go, on disk, before anything is appended: rewritten only in the
+                // page cache, a power loss could otherwise bring back records this start
+                // discarded, under a committed length that covers them.
+                let on_disk = file
+                    .metadata()
+                    .map_err(|e| backend(&format!("cannot read {}", path.display()), e))?
+                    .len();
+                if on_disk > len {
+                    file.set_len(len)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| backend(&format!("cannot truncate {}", path.display()), e))?;
+                }
                 (n, file, len)
             }
             _ => {
@@ -1361,8 +1471,10 @@ impl LogStore {
             writer: Mutex::new(Writer {
                 file: file.clone(),
                 map,
-                reserved: 0,
-                trimmed: 0,
+                // The segment's content is on disk: reserve and let go from its end on.
+                reserved: len / 4096 * 4096,
+                trimmed: len / MAP_STEP * MAP_STEP,
+                populate: options.sync != SyncLevel::Full,
                 segno,
                 len,
                 lsn: 0,
@@ -1527,7 +1639,7 @@ fn encode(batch: &Batch, started: Instant) -> Result<Encoded, StoreError> {
 /// Records on their way from the core's lock to the file. Each commit takes a ticket
 /// while the core's lock orders it, encodes its batch with no lock held, and queues the
 /// record; the records are written in ticket order. Whoever queues the next record to be
-/// written writes it, with every record queued in order after it, in one `write`; a commit
+/// written writes it, with every record queued in order after it, in one copy; a commit
 /// whose record is not next leaves it to that writer and waits for its answer.
 #[derive(Debug, Default)]
 struct Queue {
@@ -1675,7 +1787,7 @@ impl Shared {
         }
     }
 
-    /// Writes `records`, in order, with one `write`; the outcome of each: the log position
+    /// Writes `records`, in order, as one group ([`Writer::append`]); the outcome of each: the log position
     /// after the group, or why it was not written. Nothing after a lost record may be
     /// acknowledged: a record that fails to encode or does not continue the seqs is not
     /// written, and it and every record after it fail, as all do once a write fails.
@@ -2863,6 +2975,20 @@ mod tests {
             let store = LogStore::open(options(dir.path())).unwrap();
             assert_eq!(store.recover().unwrap().head_seq, 2);
             assert_eq!(seqs(&store, 0, 10), vec![1, 2]);
+        }
+        // A whole, valid record right at the committed length: a group whose copy was
+        // done but not published.
+        let record = encode(&events(3..=3), Instant::now()).unwrap();
+        append(&path, &record.bytes);
+        {
+            let store = LogStore::open(options(dir.path())).unwrap();
+            assert_eq!(store.recover().unwrap().head_seq, 2, "not replayed");
+            assert_eq!(seqs(&store, 0, 10), vec![1, 2]);
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                whole,
+                "cut on disk before anything is appended"
+            );
             store.commit(events(3..=3)).await.unwrap();
         }
         let store = LogStore::open(options(dir.path())).unwrap();
@@ -2890,12 +3016,15 @@ mod tests {
         let store = LogStore::open(small.clone()).unwrap();
         store.commit(events(1..=1)).await.unwrap();
         let path = last_segment(dir.path());
-        assert!(lock(&store.shared.writer).map.is_some(), "mapped");
-        assert_eq!(
-            fs::metadata(&path).unwrap().len(),
-            segment_capacity(4096),
-            "reserved ahead"
-        );
+        let mapped = lock(&store.shared.writer).map.is_some();
+        assert_eq!(mapped, maps_here(dir.path()), "mapped where the file system allows it");
+        if mapped {
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                segment_capacity(4096),
+                "reserved ahead"
+            );
+        }
         let first = committed(&path);
         assert!(first > SEGMENT_HEADER as u64);
         let mut seq = 1;
@@ -2922,15 +3051,136 @@ mod tests {
         assert_eq!(seqs(&store, 0, 1000), (1..=seq).collect::<Vec<_>>());
     }
 
+    /// A record larger than what is left of the map goes out with `pwrite` past it; a
+    /// segment written past several reservation steps reads back whole.
+    #[tokio::test]
+    async fn records_past_the_map_and_past_several_steps_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            retention_count: 100_000,
+            ..options(dir.path())
+        };
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            // About 150 KB: more than a 4 KiB segment's map (68 KiB).
+            store.commit(events(1..=1000)).await.unwrap();
+            store.commit(events(1001..=1001)).await.unwrap();
+            assert_eq!(seqs(&store, 0, 2000), (1..=1001).collect::<Vec<_>>());
+        }
+        let store = LogStore::open(small).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 1001);
+        assert_eq!(seqs(&store, 0, 2000), (1..=1001).collect::<Vec<_>>());
+        drop(store);
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = LogOptions {
+            retention_count: 100_000,
+            ..options(dir.path())
+        };
+        let mut head = 0;
+        {
+            let store = LogStore::open(big.clone()).unwrap();
+            let path = last_segment(dir.path());
+            while committed(&path) < MAP_STEP + MAP_STEP / 2 {
+                store.commit(events(head + 1..=head + 1000)).await.unwrap();
+                head += 1000;
+            }
+            if lock(&store.shared.writer).map.is_some() {
+                assert_eq!(fs::metadata(&path).unwrap().len(), 2 * MAP_STEP, "reserved in steps");
+                assert_eq!(lock(&store.shared.writer).trimmed, MAP_STEP, "the first step let go");
+            }
+            assert_eq!(seqs(&store, 0, 100_000).len() as u64, head);
+        }
+        let store = LogStore::open(big).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, head);
+        assert_eq!(seqs(&store, 0, 100_000), (1..=head).collect::<Vec<_>>());
+    }
+
+    /// After a power loss, a closed segment's committed length can be older than its last
+    /// records while the next segment's pages made it: the events then jump. The log
+    /// ends before the jump (nothing after it was acknowledged under `full`), as for a
+    /// segment cut short; appends continue there.
+    #[tokio::test]
+    async fn a_stale_committed_length_before_later_segments_ends_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = forty_events_in_small_segments(dir.path()).await;
+        let log = dir.path().join("log");
+        for n in numbered(&log, "snap").unwrap() {
+            fs::remove_file(snapshot_path(&log, n)).unwrap();
+        }
+        let segments = numbered(&log, "seg").unwrap();
+        assert!(segments.len() >= 3, "{segments:?}");
+        let stale = segments[segments.len() - 2];
+        let path = segment_path(&log, stale);
+        let scanned = scan(&path, SEGMENT_MAGIC, stale).unwrap();
+        let last = scanned.records.last().unwrap().start - RECORD_HEADER;
+        set_committed(&path, last as u64);
+        let store = LogStore::open(small).unwrap();
+        let head = store.recover().unwrap().head_seq;
+        assert!(head > 1 && head < 40, "{head}");
+        assert_eq!(
+            numbered(&log, "seg").unwrap().last(),
+            Some(&stale),
+            "later segments removed"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            last as u64,
+            "cut at its committed length"
+        );
+        assert_eq!(seqs(&store, 0, 100), (1..=head).collect::<Vec<_>>());
+        store.commit(events(head + 1..=head + 1)).await.unwrap();
+        assert_eq!(seqs(&store, head - 1, 10), vec![head, head + 1]);
+    }
+
+    /// A last segment whose header is zeros (its size reached the disk, its first page did
+    /// not) holds nothing: it starts again empty, and appends continue.
+    #[tokio::test]
+    async fn a_segment_with_a_zero_header_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = forty_events_in_small_segments(dir.path()).await;
+        let log = dir.path().join("log");
+        let path = last_segment(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        data[..SEGMENT_HEADER].fill(0);
+        fs::write(&path, &data).unwrap();
+        let store = LogStore::open(small).unwrap();
+        let head = store.recover().unwrap().head_seq;
+        assert!(head > 1 && head < 40, "{head}");
+        assert_eq!(segment_format(&path), Some(LOG_FORMAT), "its header written again");
+        assert_eq!(numbered(&log, "seg").unwrap().last(), Some(&segment_number(&path)));
+        store.commit(events(head + 1..=head + 1)).await.unwrap();
+        assert_eq!(seqs(&store, head - 1, 10), vec![head, head + 1]);
+    }
+
+    /// Whether segments in `dir` are mapped (Linux, on ext4, XFS or tmpfs).
+    fn maps_here(dir: &Path) -> bool {
+        #[cfg(target_os = "linux")]
+        return maps_safely(&File::open(dir).unwrap());
+        #[cfg(not(target_os = "linux"))]
+        return false;
+    }
+
+    fn segment_number(path: &Path) -> u64 {
+        path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+    }
+
     /// A committed length that fails its checksum is damage: refused, naming the file.
     #[tokio::test]
     async fn a_damaged_committed_length_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=1]).await;
-        let data = flip(&path, COMMITTED_AT, 0x01);
-        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("committed length") && err.contains(".seg"), "{err}");
-        assert_eq!(fs::read(&path).unwrap(), data, "nothing truncated");
+        assert_damage_refused(dir.path(), &path, COMMITTED_AT, 0x01, "committed length");
+    }
+
+    /// Flips the bits `mask` of byte `at` in segment `path`: the store in `dir` refuses to
+    /// start, naming the file and `what` failed, and cuts nothing.
+    fn assert_damage_refused(dir: &Path, path: &Path, at: usize, mask: u8, what: &str) {
+        let data = flip(path, at, mask);
+        let err = LogStore::open(options(dir)).unwrap_err().to_string();
+        assert!(err.contains(what) && err.contains(".seg"), "{err}");
+        assert_eq!(fs::read(path).unwrap(), data, "nothing truncated");
     }
 
     /// A format-2 segment (no committed length: its content is the whole file) reads,
@@ -2972,10 +3222,7 @@ mod tests {
     async fn a_damaged_length_is_refused_not_truncated() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=1, 2..=2]).await;
-        let data = flip(&path, SEGMENT_HEADER + 2, 0x40);
-        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
-        assert_eq!(fs::read(&path).unwrap(), data, "nothing truncated");
+        assert_damage_refused(dir.path(), &path, SEGMENT_HEADER + 2, 0x40, "fails its checksum");
     }
 
     /// Zeros after the last record inside the committed length (a file the machine
@@ -3057,9 +3304,13 @@ mod tests {
     async fn damage_inside_the_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), &[1..=1, 2..=2]).await;
-        flip(&path, SEGMENT_HEADER + RECORD_HEADER + 2, 0xff);
-        let err = LogStore::open(options(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("fails its checksum") && err.contains(".seg"), "{err}");
+        assert_damage_refused(
+            dir.path(),
+            &path,
+            SEGMENT_HEADER + RECORD_HEADER + 2,
+            0xff,
+            "fails its checksum",
+        );
     }
 
     /// A log written by a newer format, or a file that is not a log, is refused; a data
