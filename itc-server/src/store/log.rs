@@ -3104,34 +3104,45 @@ mod tests {
     #[tokio::test]
     async fn a_stale_committed_length_before_later_segments_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let small = forty_events_in_small_segments(dir.path()).await;
-        let log = dir.path().join("log");
+        let mut last = 0;
+        let path = log_ends_at_the_damaged_segment(dir.path(), |path, n| {
+            let scanned = scan(path, SEGMENT_MAGIC, n).unwrap();
+            last = (scanned.records.last().unwrap().start - RECORD_HEADER) as u64;
+            set_committed(path, last);
+        })
+        .await;
+        let n = segment_number(&path);
+        let appended = scan(&path, SEGMENT_MAGIC, n).unwrap().records.last().unwrap().start - RECORD_HEADER;
+        assert_eq!(appended as u64, last, "the append went right at the committed length");
+    }
+
+    /// Writes 40 events in small segments, keeps no snapshot (every segment is replayed),
+    /// and applies `damage` to the last segment but one: the log then ends there (the
+    /// later segments go, the events up to the damage are served, appends continue
+    /// after them). That segment's path.
+    async fn log_ends_at_the_damaged_segment(dir: &Path, damage: impl FnOnce(&Path, u64)) -> PathBuf {
+        let small = forty_events_in_small_segments(dir).await;
+        let log = dir.join("log");
         for n in numbered(&log, "snap").unwrap() {
             fs::remove_file(snapshot_path(&log, n)).unwrap();
         }
         let segments = numbered(&log, "seg").unwrap();
         assert!(segments.len() >= 3, "{segments:?}");
-        let stale = segments[segments.len() - 2];
-        let path = segment_path(&log, stale);
-        let scanned = scan(&path, SEGMENT_MAGIC, stale).unwrap();
-        let last = scanned.records.last().unwrap().start - RECORD_HEADER;
-        set_committed(&path, last as u64);
+        let damaged = segments[segments.len() - 2];
+        let path = segment_path(&log, damaged);
+        damage(&path, damaged);
         let store = LogStore::open(small).unwrap();
         let head = store.recover().unwrap().head_seq;
         assert!(head > 1 && head < 40, "{head}");
         assert_eq!(
             numbered(&log, "seg").unwrap().last(),
-            Some(&stale),
+            Some(&damaged),
             "later segments removed"
-        );
-        assert_eq!(
-            fs::metadata(&path).unwrap().len(),
-            last as u64,
-            "cut at its committed length"
         );
         assert_eq!(seqs(&store, 0, 100), (1..=head).collect::<Vec<_>>());
         store.commit(events(head + 1..=head + 1)).await.unwrap();
         assert_eq!(seqs(&store, head - 1, 10), vec![head, head + 1]);
+        path
     }
 
     /// A last segment whose header is zeros (its size reached the disk, its first page did
@@ -3268,34 +3279,16 @@ mod tests {
     #[tokio::test]
     async fn a_segment_cut_short_before_later_ones_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let small = forty_events_in_small_segments(dir.path()).await;
-        let log = dir.path().join("log");
-        // As before any compaction: no snapshot, every segment replayed.
-        for n in numbered(&log, "snap").unwrap() {
-            fs::remove_file(snapshot_path(&log, n)).unwrap();
-        }
-        let segments = numbered(&log, "seg").unwrap();
-        assert!(segments.len() >= 3, "{segments:?}");
-        let cut = segments[segments.len() - 2];
-        let path = segment_path(&log, cut);
-        let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
-        let store = LogStore::open(small).unwrap();
-        let head = store.recover().unwrap().head_seq;
-        assert!(head > 1 && head < 40, "{head}");
-        assert_eq!(
-            numbered(&log, "seg").unwrap().last(),
-            Some(&cut),
-            "later segments removed"
-        );
-        assert_eq!(seqs(&store, 0, 100), (1..=head).collect::<Vec<_>>());
-        store.commit(events(head + 1..=head + 1)).await.unwrap();
-        assert_eq!(seqs(&store, head - 1, 10), vec![head, head + 1]);
+        log_ends_at_the_damaged_segment(dir.path(), |path, _| {
+            let len = fs::metadata(path).unwrap().len();
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_len(len - 3)
+                .unwrap();
+        })
+        .await;
     }
 
     /// Damage before the end of the log refuses to start, naming the file: acknowledged
