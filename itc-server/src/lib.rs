@@ -259,7 +259,10 @@ async fn serve_all(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        // One span per call, at DEBUG as tower-http's TraceLayer does: at INFO, with no
+        // line to show for it, the span alone (its fields formatted, entered on every
+        // poll) cost about 7% of a Coordinate load's throughput (BENCHMARKS.md).
+        .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(metrics::RpcLayer::new(core.metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
