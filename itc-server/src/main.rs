@@ -177,7 +177,7 @@ struct Args {
     )]
     sync_interval: Option<Seconds>,
 
-    /// The log store's segment size in bytes (at least 4096) [default: 67108864].
+    /// The log store's segment size in bytes (4096 to 1 GiB) [default: 67108864].
     #[arg(
         long,
         env = "ITC_LOG_SEGMENT_BYTES",

@@ -686,6 +686,32 @@ pub(crate) mod nanos {
         u64::try_from(d.as_nanos()).map_err(|_| E::custom("a time or duration past the year 2554"))
     }
 
+    /// An integer of nanoseconds made into a `T` by `from`, or `T` as serde's own map
+    /// form (written before).
+    fn nanos_or_map<'de, D, T>(d: D, expecting: &'static str, from: fn(u64) -> T) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct Either<T> {
+            expecting: &'static str,
+            from: fn(u64) -> T,
+        }
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Either<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.expecting)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+                Ok((self.from)(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_any(Either { expecting, from })
+    }
+
     /// A [`SystemTime`] field.
     pub(crate) mod time {
         use super::*;
@@ -698,20 +724,9 @@ pub(crate) mod nanos {
         }
 
         pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-            struct Either;
-            impl<'de> Visitor<'de> for Either {
-                type Value = SystemTime;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("nanoseconds since the Unix epoch")
-                }
-                fn visit_u64<E: de::Error>(self, v: u64) -> Result<SystemTime, E> {
-                    Ok(UNIX_EPOCH + Duration::from_nanos(v))
-                }
-                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SystemTime, A::Error> {
-                    SystemTime::deserialize(de::value::MapAccessDeserializer::new(map))
-                }
-            }
-            d.deserialize_any(Either)
+            super::nanos_or_map(d, "nanoseconds since the Unix epoch", |v| {
+                UNIX_EPOCH + Duration::from_nanos(v)
+            })
         }
     }
 
@@ -753,20 +768,7 @@ pub(crate) mod nanos {
         }
 
         pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-            struct Either;
-            impl<'de> Visitor<'de> for Either {
-                type Value = Duration;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a duration in nanoseconds")
-                }
-                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                    Ok(Duration::from_nanos(v))
-                }
-                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Duration, A::Error> {
-                    Duration::deserialize(de::value::MapAccessDeserializer::new(map))
-                }
-            }
-            d.deserialize_any(Either)
+            super::nanos_or_map(d, "a duration in nanoseconds", Duration::from_nanos)
         }
     }
 

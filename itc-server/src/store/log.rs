@@ -3097,6 +3097,34 @@ mod tests {
         assert_eq!(seqs(&store, 0, 100_000), (1..=head).collect::<Vec<_>>());
     }
 
+    /// Where a segment is not mapped (another file system, another OS, a failed map), it
+    /// is written with `pwrite`, committed length included, and reads back the same.
+    #[tokio::test]
+    async fn an_unmapped_segment_is_written_with_pwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let path = {
+            let store = LogStore::open(small.clone()).unwrap();
+            lock(&store.shared.writer).map = None;
+            store.commit(events(1..=1)).await.unwrap();
+            let path = last_segment(dir.path());
+            assert_eq!(fs::metadata(&path).unwrap().len(), committed(&path), "nothing reserved");
+            store.commit(events(2..=60)).await.unwrap();
+            for seq in 61..=80 {
+                store.commit(events(seq..=seq)).await.unwrap();
+            }
+            assert_eq!(seqs(&store, 0, 100), (1..=80).collect::<Vec<_>>());
+            path
+        };
+        assert_eq!(fs::metadata(&path).unwrap().len(), committed(&path));
+        let store = LogStore::open(small).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, 80);
+        assert_eq!(seqs(&store, 0, 100), (1..=80).collect::<Vec<_>>());
+    }
+
     /// After a power loss, a closed segment's committed length can be older than its last
     /// records while the next segment's pages made it: the events then jump. The log
     /// ends before the jump (nothing after it was acknowledged under `full`), as for a
