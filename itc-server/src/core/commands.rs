@@ -366,6 +366,11 @@ impl State {
             ..
         } = request;
         let now = tx.time;
+        // Check the transition before anything changes.
+        self.check_transition(&task_id, action)?;
+
+        let task = self.live_task(&task_id, "coordinate it")?;
+        task.version += 1;
         let command = Command {
             id: uuid::Uuid::new_v4().to_string(),
             idempotency_key: idempotency_key.clone(),
@@ -380,14 +385,10 @@ impl State {
             create_time: now,
             update_time: now,
             deadline: now + timeout,
+            task_version: task.version,
         };
         let coordinator = Some(coordinator_id.as_str());
         let caused_by = Some(command.id.as_str());
-        // Check the transition before anything changes.
-        self.check_transition(&task_id, action)?;
-
-        let task = self.live_task(&task_id, "coordinate it")?;
-        task.version += 1;
         task.update_time = now;
         task.controlling_coordinator = Some(coordinator_id.clone());
         // One command, shared by the task, the store's batch, its event and the agent's push.

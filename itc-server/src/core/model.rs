@@ -520,6 +520,10 @@ pub struct Command {
     /// When it times out.
     #[serde(with = "crate::core::model::nanos::time")]
     pub deadline: SystemTime,
+    /// The task's version that admitting it made: orders the task's open commands, which
+    /// the log store keeps by it. 0 in a command written before it existed.
+    #[serde(default)]
+    pub task_version: u64,
 }
 
 /// Where an input request is in its lifecycle.

@@ -55,8 +55,9 @@
 //! Events are read back by seq through an in-memory index (segment, offset, length and
 //! time of every retained event: 24 bytes each). Bodies are the core's types as the
 //! SQLite store has them, but for tasks (an open command is its own entry, written when
-//! it changes, and a task entry lists its open commands by id: [`TaskEntry`]; format 1
-//! wrote them inside every task entry, and still reads), encoded as MessagePack maps,
+//! it changes, and carries its order, so a task entry holds none of them: [`TaskEntry`];
+//! format 1 wrote them inside every task entry, formats 2 and 3 listed their ids, and
+//! both still read), encoded as MessagePack maps,
 //! fields by name, from format 4: JSON, as formats 1 to 3 wrote, took twice the time to
 //! encode and a fifth more bytes. A body tells its encoding by its first byte
 //! ([`decode_body`]), so a snapshot folded from segments of both reads back.
@@ -144,10 +145,12 @@ mod kind {
 }
 
 /// A task entry's value: the task as [`Task`] serializes it, except its commands. Each
-/// open command is its own entry, written when it changes, so a task lists their ids;
-/// its last command is an id when it is open, and whole otherwise (it may be gone from the
-/// kept closed commands). Writing every open command with every write of its task made
-/// a task's body grow with its open commands, and encoding them was most of a write.
+/// open command is its own entry, written when it changes, and comes back to its task in
+/// the order of [`Command::task_version`]; its last command is an id when it is open, and
+/// whole otherwise (it may be gone from the kept closed commands). Writing every open
+/// command with every write of its task made a task's body grow with its open commands,
+/// and encoding them was most of a write; listing their ids (formats 2 and 3) still made
+/// it grow by one id each.
 #[derive(serde::Serialize)]
 struct TaskEntry<'a> {
     id: &'a str,
@@ -184,7 +187,11 @@ struct TaskEntry<'a> {
     create_seq: u64,
     #[serde(skip_serializing_if = "<[InputRequest]>::is_empty")]
     open_inputs: &'a [InputRequest],
-    open_command_ids: Vec<&'a str>,
+    /// Only while the task has an open command written before commands carried their
+    /// order ([`Command::task_version`] 0); otherwise its open commands are found by task
+    /// and ordered by it, and a write of the task does not grow with them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_command_ids: Option<Vec<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_command_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,7 +262,10 @@ impl<'a> TaskEntry<'a> {
             stall_timeout: *stall_timeout,
             create_seq: *create_seq,
             open_inputs,
-            open_command_ids: open_commands.iter().map(|c| c.id.as_str()).collect(),
+            open_command_ids: open_commands
+                .iter()
+                .any(|c| c.task_version == 0)
+                .then(|| open_commands.iter().map(|c| c.id.as_str()).collect()),
             last_command_id: last_open.map(|c| c.id.as_str()),
             last_command: if last_open.is_some() {
                 None
@@ -271,26 +281,59 @@ impl<'a> TaskEntry<'a> {
 #[derive(serde::Deserialize)]
 struct CommandRefs {
     #[serde(default)]
-    open_command_ids: Vec<String>,
+    open_command_ids: Option<Vec<String>>,
     #[serde(default)]
     last_command_id: Option<String>,
 }
 
-/// Decodes a task entry, its commands taken from `open` (the open commands by id).
-fn decode_task(body: &[u8], open: &HashMap<String, Arc<Command>>) -> Result<Task, String> {
+/// The open commands the log holds: by id, and by task in the order they were admitted.
+#[derive(Debug, Default)]
+struct OpenCommands {
+    by_id: HashMap<String, Arc<Command>>,
+    by_task: HashMap<String, Vec<Arc<Command>>>,
+}
+
+impl OpenCommands {
+    fn new(commands: impl IntoIterator<Item = Command>) -> Self {
+        let mut open = Self::default();
+        for command in commands {
+            let command = Arc::new(command);
+            open.by_task
+                .entry(command.task_id.clone())
+                .or_default()
+                .push(command.clone());
+            open.by_id.insert(command.id.clone(), command);
+        }
+        for commands in open.by_task.values_mut() {
+            commands.sort_by_key(|c| c.task_version);
+        }
+        open
+    }
+}
+
+/// Decodes a task entry, its commands taken from `open`: those its entry lists by id
+/// (formats 2 to 4 while a command without its order is open), else those of its task.
+fn decode_task(body: &[u8], open: &OpenCommands) -> Result<Task, String> {
     let mut task: Task = decode_body(body).map_err(|e| format!("a task: {e}"))?;
     let refs: CommandRefs = decode_body(body).map_err(|e| format!("a task: {e}"))?;
     let find = |id: &str| {
-        open.get(id).cloned().ok_or_else(|| {
+        open.by_id.get(id).cloned().ok_or_else(|| {
             format!(
                 "task `{}` lists open command `{id}`, which the log does not hold",
                 task.id
             )
         })
     };
-    for id in &refs.open_command_ids {
-        let command = find(id)?;
-        task.open_commands.push(command);
+    match &refs.open_command_ids {
+        Some(ids) => {
+            for id in ids {
+                let command = find(id)?;
+                task.open_commands.push(command);
+            }
+        }
+        // Format 1 wrote them whole, inside the task.
+        None if !task.open_commands.is_empty() => {}
+        None => task.open_commands = open.by_task.get(&task.id).cloned().unwrap_or_default(),
     }
     if let Some(id) = &refs.last_command_id {
         task.last_command = Some(find(id)?);
@@ -939,14 +982,12 @@ impl Folded {
     /// What the records add up to, and the open commands that only format-1 task entries
     /// hold (whole, inside their task): no entry of their own yet.
     fn decode(mut self) -> Result<(Recovered, Vec<Arc<Command>>), String> {
-        let open = self
-            .open_commands
-            .values()
-            .map(|body| {
-                let command: Command = decode_body(body).map_err(|e| format!("an open command: {e}"))?;
-                Ok((command.id.clone(), Arc::new(command)))
-            })
-            .collect::<Result<HashMap<_, _>, String>>()?;
+        let open = OpenCommands::new(
+            self.open_commands
+                .values()
+                .map(|body| decode_body(body).map_err(|e| format!("an open command: {e}")))
+                .collect::<Result<Vec<Command>, String>>()?,
+        );
         let mut tasks = Vec::with_capacity(self.tasks.len());
         for body in self.tasks.values() {
             tasks.push(decode_task(body, &open)?);
@@ -954,7 +995,7 @@ impl Folded {
         let inline: Vec<Arc<Command>> = tasks
             .iter()
             .flat_map(|t: &Task| t.open_commands.iter())
-            .filter(|c| !open.contains_key(&c.id))
+            .filter(|c| !open.by_id.contains_key(&c.id))
             .cloned()
             .collect();
         tasks.sort_by_key(|t| t.create_seq);
@@ -2603,8 +2644,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         fs::create_dir_all(&log).unwrap();
+        // Format 3's commands had no order: their task listed them by id.
         let open = Arc::new(Command {
             state: CommandState::Delivered,
+            task_version: 0,
             ..command("open")
         });
         let closed = Command {
@@ -2689,6 +2732,7 @@ mod tests {
             create_time: now,
             update_time: now,
             deadline: now,
+            task_version: 1,
         }
     }
 
@@ -2732,6 +2776,89 @@ mod tests {
     /// write of their task; they come back in their task, through the log and through a
     /// snapshot: its last command the same as the open one while open, whole once closed;
     /// a closed command leaves the open ones.
+    /// A task's open commands come back in the order they were admitted, from the
+    /// segments and from a snapshot (whose maps have no order): by the ids its entry
+    /// lists while one of them was written before commands carried their order, and by
+    /// that order once none is.
+    #[tokio::test]
+    async fn open_commands_come_back_in_the_order_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let open = |id: String, task_version: u64| {
+            Arc::new(Command {
+                state: CommandState::Admitted,
+                task_id: "steered".into(),
+                task_version,
+                ..command(&id)
+            })
+        };
+        // An old command (no order) first, then thirty admitted by this build.
+        let legacy = open("legacy".into(), 0);
+        let admitted: Vec<Arc<Command>> = (0..30).map(|i| open(format!("c{i:02}"), 2 + i)).collect();
+        let all: Vec<Arc<Command>> = std::iter::once(legacy.clone())
+            .chain(admitted.iter().cloned())
+            .collect();
+        let steered = |version: u64, commands: Vec<Arc<Command>>| {
+            Arc::new(Task {
+                last_command: commands.last().cloned(),
+                open_commands: commands,
+                ..(*task("steered", version)).clone()
+            })
+        };
+        let ids = |recovered: &Recovered| -> Vec<String> {
+            let task = recovered.tasks.iter().find(|t| t.id == "steered").unwrap();
+            task.open_commands.iter().map(|c| c.id.clone()).collect()
+        };
+        let expected = |commands: &[Arc<Command>]| -> Vec<String> { commands.iter().map(|c| c.id.clone()).collect() };
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            store
+                .commit(Batch {
+                    events: vec![event(1)],
+                    upserts: vec![steered(32, all.clone())],
+                    commands: all.clone(),
+                    ..Batch::default()
+                })
+                .await
+                .unwrap();
+        }
+        {
+            let store = LogStore::open(small.clone()).unwrap();
+            assert_eq!(ids(&store.recover().unwrap()), expected(&all), "listed by id");
+            // The old command closes: the task's entry lists no ids any more.
+            store
+                .commit(Batch {
+                    events: vec![event(2)],
+                    upserts: vec![steered(33, admitted.clone())],
+                    closed_commands: vec![Command {
+                        state: CommandState::Applied,
+                        ..(*legacy).clone()
+                    }],
+                    ..Batch::default()
+                })
+                .await
+                .unwrap();
+        }
+        let store = LogStore::open(small.clone()).unwrap();
+        assert_eq!(ids(&store.recover().unwrap()), expected(&admitted), "by their order");
+        // Enough events to roll and fold everything into a snapshot.
+        for seq in 3..=200 {
+            store.commit(events(seq..=seq)).await.unwrap();
+        }
+        store.flush();
+        drop(store);
+        let log = dir.path().join("log");
+        let snapshot = *numbered(&log, "snap").unwrap().last().unwrap();
+        for n in numbered(&log, "seg").unwrap().into_iter().filter(|&n| n < snapshot) {
+            fs::remove_file(segment_path(&log, n)).unwrap();
+        }
+        let store = LogStore::open(small).unwrap();
+        assert_eq!(ids(&store.recover().unwrap()), expected(&admitted), "from a snapshot");
+    }
+
     #[tokio::test]
     async fn open_commands_are_written_once_and_come_back_in_their_task() {
         let dir = tempfile::tempdir().unwrap();
@@ -2837,14 +2964,21 @@ mod tests {
     }
 
     /// A task entry carries every field of its task: one with every field set comes back
-    /// equal, its open commands from their own entries, its last command by id while
-    /// open and whole once closed. (A field of `Task` missing from `TaskEntry` does not
-    /// compile; this catches one written differently.)
+    /// equal, its open commands from their own entries (found by task, or by the ids the
+    /// entry lists while one has no order), its last command by id while open and whole
+    /// once closed. (A field of `Task` missing from `TaskEntry` does not compile; this
+    /// catches one written differently.)
     #[test]
     fn task_entries_round_trip_every_field() {
+        task_entry_round_trips_every_field(4);
+        task_entry_round_trips_every_field(0);
+    }
+
+    fn task_entry_round_trips_every_field(open_version: u64) {
         let at = UNIX_EPOCH + Duration::new(1_796_001_890, 624_880_828);
         let open = Arc::new(Command {
             state: CommandState::Delivered,
+            task_version: open_version,
             ..command("open")
         });
         let closed = Arc::new(command("closed"));
@@ -2886,8 +3020,13 @@ mod tests {
             last_command: Some(closed),
             wire: Default::default(),
         };
-        let by_id = HashMap::from([(open.id.clone(), open.clone())]);
+        let by_id = OpenCommands::new([(*open).clone()]);
         for (format, body) in bodies(&TaskEntry::new(&full)) {
+            assert_eq!(
+                body.windows(16).any(|w| w == b"open_command_ids"),
+                open_version == 0,
+                "{format}: the ids listed only for a command without its order"
+            );
             assert_eq!(
                 decode_task(&body, &by_id).unwrap(),
                 full,
@@ -2932,8 +3071,8 @@ mod tests {
         }
         map.insert("open_inputs".into(), serde_json::json!([]));
         let nulls = serde_json::to_vec(&value).unwrap();
-        assert_eq!(decode_task(&body, &HashMap::new()).unwrap(), task);
-        assert_eq!(decode_task(&nulls, &HashMap::new()).unwrap(), task);
+        assert_eq!(decode_task(&body, &OpenCommands::default()).unwrap(), task);
+        assert_eq!(decode_task(&nulls, &OpenCommands::default()).unwrap(), task);
         let command = command("c1");
         let mut value = serde_json::to_value(&command).unwrap();
         let map = value.as_object_mut().unwrap();
@@ -2958,7 +3097,7 @@ mod tests {
             ..(*task("t", 3)).clone()
         };
         let body = serde_json::to_vec(&task).unwrap();
-        assert_eq!(decode_task(&body, &HashMap::new()).unwrap(), task);
+        assert_eq!(decode_task(&body, &OpenCommands::default()).unwrap(), task);
     }
 
     /// Small segments roll over; the compactor snapshots the state and deletes segments

@@ -733,6 +733,7 @@ mod tests {
             create_time: now,
             update_time: now,
             deadline: now,
+            task_version: 1,
         };
         {
             let store = SqliteStore::open(options(dir.path())).unwrap();
