@@ -5,6 +5,7 @@
 //! client went away) unregisters it at once.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -117,7 +118,14 @@ pub struct Subscription {
     gate: u64,
     snapshot: bool,
     interval: Duration,
-    next_heartbeat: Instant,
+    /// When something was last sent: a heartbeat is due `interval` after it.
+    last_sent: Instant,
+    /// The idle timer, armed once and left armed across waits: when it fires early
+    /// (something was sent since it was set) it is moved to the new due time, instead of
+    /// being set again for every event sent (a timer-wheel insert and removal per
+    /// subscriber per event, as Netty's `IdleStateHandler` also avoids). Made at the
+    /// first wait (a timer needs the runtime).
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `None` when `max_stream_duration` is beyond what the clock can represent.
     end_at: Option<Instant>,
     drain: watch::Receiver<bool>,
@@ -212,7 +220,8 @@ impl Core {
             gate: cursor - 1,
             snapshot: request.snapshot,
             interval: config.stream_interval,
-            next_heartbeat: now + config.stream_interval,
+            last_sent: now,
+            idle_timer: None,
             end_at: now.checked_add(config.max_stream_duration),
             drain: hub.drain_signal(),
             visible: hub.visible_signal(),
@@ -303,7 +312,7 @@ impl Subscription {
             self.shared.delivered_events.fetch_add(count, Ordering::Relaxed);
             self.core.inner.hub.counters.add_delivered(count);
         }
-        self.next_heartbeat = Instant::now() + self.interval;
+        self.last_sent = Instant::now();
         self.heartbeat_due = false;
     }
 
@@ -395,18 +404,33 @@ impl Subscription {
     /// drain, the end of the stream's time, or the idle interval.
     async fn wait(&mut self, for_visible: bool) {
         let shared = self.shared.clone();
+        let end_at = self.end_at;
         let end = async {
-            match self.end_at {
+            match end_at {
                 Some(end) => tokio::time::sleep_until(end).await,
                 None => std::future::pending().await,
             }
         };
+        let due = self.last_sent + self.interval;
+        let idle_timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         tokio::select! {
             () = shared.notify.notified() => {}
             _ = self.visible.changed(), if for_visible => {}
             _ = self.drain.changed() => {}
             () = end => {}
-            () = tokio::time::sleep_until(self.next_heartbeat) => self.heartbeat_due = true,
+            () = idle_timer.as_mut() => {
+                // Something sent since the timer was set moved the due time on.
+                let due = self.last_sent + self.interval;
+                let now = Instant::now();
+                if now >= due {
+                    self.heartbeat_due = true;
+                    idle_timer.as_mut().reset(now + self.interval);
+                } else {
+                    idle_timer.as_mut().reset(due);
+                }
+            }
         }
     }
 

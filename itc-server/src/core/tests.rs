@@ -1049,3 +1049,42 @@ async fn indexed_delivery_applies_every_part_of_the_filter() {
     assert_eq!(got[3], vec![("a1".to_owned(), EventType::TaskProgress)]);
     assert_eq!(got[4], vec![b1(EventType::RealTimeUpdate)]);
 }
+
+/// A HEARTBEAT comes `stream_interval` after the last item the stream sent, however the
+/// idle timer was set: while events flow faster than the interval none is sent (the
+/// timer, set at the first wait, fires early and is moved on), and once they stop one is
+/// sent an interval after the last event.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_come_an_interval_after_the_last_item_sent() {
+    let interval = Duration::from_millis(500);
+    let core = Core::in_memory(CoreConfig {
+        stream_interval: interval,
+        ..CoreConfig::default()
+    });
+    core.start_task(new_task("t")).await.unwrap();
+    let mut sub = core.subscribe(SubscribeRequest::default()).unwrap();
+    assert!(matches!(next_item(&mut sub).await, StreamItem::Start { .. }));
+    let (tx, mut items) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(item)) = sub.next().await {
+            if tx.send((tokio::time::Instant::now(), item)).is_err() {
+                return;
+            }
+        }
+    });
+    // An event every 200 ms for 1.2 s: the stream is never idle for an interval.
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        core.publish_update("t", map(json!({ "i": i }))).await.unwrap();
+        let (_, item) = items.recv().await.unwrap();
+        assert!(matches!(item, StreamItem::Event(_)), "event {i}: got {item:?}");
+    }
+    let last = tokio::time::Instant::now();
+    let (at, item) = items.recv().await.unwrap();
+    assert!(matches!(item, StreamItem::Heartbeat { .. }), "{item:?}");
+    let idle = at - last;
+    assert!(
+        idle >= interval && idle < interval + Duration::from_millis(20),
+        "{idle:?}"
+    );
+}
