@@ -2563,11 +2563,7 @@ mod tests {
             state: CommandState::Admitted,
             ..command("c1")
         });
-        let old = Task {
-            open_commands: vec![open.clone()],
-            last_command: Some(open.clone()),
-            ..(*task("t", 1)).clone()
-        };
+        let old = steered_by(&open, 1);
         let log = dir.path().join("log");
         fs::create_dir_all(&log).unwrap();
         let mut record = vec![0u8; RECORD_HEADER];
@@ -2654,11 +2650,7 @@ mod tests {
             state: CommandState::Applied,
             ..command("closed")
         };
-        let old = Task {
-            open_commands: vec![open.clone()],
-            last_command: Some(open.clone()),
-            ..(*task("t", 1)).clone()
-        };
+        let old = steered_by(&open, 1);
         let first = Arc::new(Event {
             kind: crate::core::EventType::AgentCoordination,
             coordinator_id: Some("sup".into()),
@@ -2714,6 +2706,15 @@ mod tests {
         // The task and the commands now come from the snapshot, their bodies still JSON.
         let store = LogStore::open(small).unwrap();
         check(&store, 40, "a snapshot of both formats reads");
+    }
+
+    /// Task `t` at `version`, with `open` its one open command and its last.
+    fn steered_by(open: &Arc<Command>, version: u64) -> Task {
+        Task {
+            open_commands: vec![open.clone()],
+            last_command: Some(open.clone()),
+            ..(*task("t", version)).clone()
+        }
     }
 
     fn command(id: &str) -> Command {
@@ -3091,11 +3092,7 @@ mod tests {
             state: CommandState::Admitted,
             ..command("c1")
         });
-        let task = Task {
-            open_commands: vec![open.clone()],
-            last_command: Some(open),
-            ..(*task("t", 3)).clone()
-        };
+        let task = steered_by(&open, 3);
         let body = serde_json::to_vec(&task).unwrap();
         assert_eq!(decode_task(&body, &OpenCommands::default()).unwrap(), task);
     }
