@@ -120,12 +120,13 @@ pub struct Subscription {
     interval: Duration,
     /// When something was last sent: a heartbeat is due `interval` after it.
     last_sent: Instant,
-    /// The idle timer, armed once and left armed across waits: when it fires early
+    /// The stream's one timer, for the idle interval and the end of its time, whichever
+    /// comes first: armed once and left armed across waits. When it fires early
     /// (something was sent since it was set) it is moved to the new due time, instead of
     /// being set again for every event sent (a timer-wheel insert and removal per
     /// subscriber per event, as Netty's `IdleStateHandler` also avoids). Made at the
     /// first wait (a timer needs the runtime).
-    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `None` when `max_stream_duration` is beyond what the clock can represent.
     end_at: Option<Instant>,
     drain: watch::Receiver<bool>,
@@ -221,7 +222,7 @@ impl Core {
             snapshot: request.snapshot,
             interval: config.stream_interval,
             last_sent: now,
-            idle_timer: None,
+            timer: None,
             end_at: now.checked_add(config.max_stream_duration),
             drain: hub.drain_signal(),
             visible: hub.visible_signal(),
@@ -405,30 +406,27 @@ impl Subscription {
     async fn wait(&mut self, for_visible: bool) {
         let shared = self.shared.clone();
         let end_at = self.end_at;
-        let end = async {
-            match end_at {
-                Some(end) => tokio::time::sleep_until(end).await,
-                None => std::future::pending().await,
-            }
-        };
-        let due = self.last_sent + self.interval;
-        let idle_timer = self
-            .idle_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        let capped = move |at: Instant| end_at.map_or(at, |end| at.min(end));
+        let first = capped(self.last_sent + self.interval);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(first)));
         tokio::select! {
             () = shared.notify.notified() => {}
             _ = self.visible.changed(), if for_visible => {}
             _ = self.drain.changed() => {}
-            () = end => {}
-            () = idle_timer.as_mut() => {
+            () = timer.as_mut() => {
+                let now = Instant::now();
                 // Something sent since the timer was set moved the due time on.
                 let due = self.last_sent + self.interval;
-                let now = Instant::now();
                 if now >= due {
                     self.heartbeat_due = true;
-                    idle_timer.as_mut().reset(now + self.interval);
+                    timer.as_mut().reset(capped(now + self.interval));
+                } else if end_at.is_some_and(|end| now >= end) {
+                    // The stream's time is up: the caller ends it, and waits no more.
+                    timer.as_mut().reset(now + self.interval);
                 } else {
-                    idle_timer.as_mut().reset(due);
+                    timer.as_mut().reset(capped(due));
                 }
             }
         }

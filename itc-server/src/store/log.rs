@@ -333,7 +333,27 @@ fn decode_task(body: &[u8], open: &OpenCommands) -> Result<Task, String> {
         }
         // Format 1 wrote them whole, inside the task.
         None if !task.open_commands.is_empty() => {}
-        None => task.open_commands = open.by_task.get(&task.id).cloned().unwrap_or_default(),
+        None => {
+            // Every open command this task admitted has a version of it, so one that
+            // does not fit was left by something else (an older build's, of a task
+            // forgotten before one of the same id was created): leave it out.
+            let version = task.version;
+            let (fits, stray): (Vec<_>, Vec<_>) = open
+                .by_task
+                .get(&task.id)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .partition(|c| (1..=version).contains(&c.task_version));
+            if !stray.is_empty() {
+                tracing::warn!(
+                    task = %task.id,
+                    commands = ?stray.iter().map(|c| &c.id).collect::<Vec<_>>(),
+                    "open commands no version of the task admitted are left out"
+                );
+            }
+            task.open_commands = fits;
+        }
     }
     if let Some(id) = &refs.last_command_id {
         task.last_command = Some(find(id)?);
@@ -2559,8 +2579,10 @@ mod tests {
     #[tokio::test]
     async fn a_format_1_log_with_open_commands_upgrades() {
         let dir = tempfile::tempdir().unwrap();
+        // Format 1's commands had no order.
         let open = Arc::new(Command {
             state: CommandState::Admitted,
+            task_version: 0,
             ..command("c1")
         });
         let old = steered_by(&open, 1);
@@ -2610,10 +2632,25 @@ mod tests {
         assert_eq!(task.last_command, Some(open));
     }
 
-    /// Appends an entry as formats 1 to 3 wrote it: its value as JSON.
+    /// Appends an entry as formats 1 to 3 wrote it: its value as JSON, its commands
+    /// (wherever they are) without the `task_version` those formats did not have.
     fn put_json(buf: &mut Vec<u8>, kind: u8, key: &[u8], value: &impl serde::Serialize) {
+        fn strip(value: &mut serde_json::Value) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if map.contains_key("fencing_token") {
+                        map.remove("task_version");
+                    }
+                    map.values_mut().for_each(strip);
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let mut json = serde_json::to_value(value).unwrap();
+        strip(&mut json);
         put_encoded(buf, kind, key, |buf| {
-            serde_json::to_writer(buf, value).map_err(|e| e.to_string())
+            serde_json::to_writer(buf, &json).map_err(|e| e.to_string())
         })
         .unwrap();
     }
@@ -2648,6 +2685,7 @@ mod tests {
         });
         let closed = Command {
             state: CommandState::Applied,
+            task_version: 0,
             ..command("closed")
         };
         let old = steered_by(&open, 1);
@@ -2788,17 +2826,23 @@ mod tests {
             segment_bytes: 4096,
             ..options(dir.path())
         };
-        let open = |id: String, task_version: u64| {
+        // Random ids, and times running backwards: only the order says which came first.
+        let now = SystemTime::now();
+        let open = |task: &str, task_version: u64| {
             Arc::new(Command {
                 state: CommandState::Admitted,
-                task_id: "steered".into(),
+                task_id: task.into(),
                 task_version,
-                ..command(&id)
+                create_time: now - Duration::from_secs(task_version),
+                ..command(&uuid::Uuid::new_v4().to_string())
             })
         };
         // An old command (no order) first, then thirty admitted by this build.
-        let legacy = open("legacy".into(), 0);
-        let admitted: Vec<Arc<Command>> = (0..30).map(|i| open(format!("c{i:02}"), 2 + i)).collect();
+        let legacy = open("steered", 0);
+        let admitted: Vec<Arc<Command>> = (0..30).map(|i| open("steered", 2 + i)).collect();
+        // Another task's, and two of this task's id that no version of it admitted.
+        let other: Vec<Arc<Command>> = (2..5).map(|v| open("other", v)).collect();
+        let strays = vec![open("steered", 0), open("steered", 1000)];
         let all: Vec<Arc<Command>> = std::iter::once(legacy.clone())
             .chain(admitted.iter().cloned())
             .collect();
@@ -2809,8 +2853,8 @@ mod tests {
                 ..(*task("steered", version)).clone()
             })
         };
-        let ids = |recovered: &Recovered| -> Vec<String> {
-            let task = recovered.tasks.iter().find(|t| t.id == "steered").unwrap();
+        let ids = |recovered: &Recovered, id: &str| -> Vec<String> {
+            let task = recovered.tasks.iter().find(|t| t.id == id).unwrap();
             task.open_commands.iter().map(|c| c.id.clone()).collect()
         };
         let expected = |commands: &[Arc<Command>]| -> Vec<String> { commands.iter().map(|c| c.id.clone()).collect() };
@@ -2819,8 +2863,14 @@ mod tests {
             store
                 .commit(Batch {
                     events: vec![event(1)],
-                    upserts: vec![steered(32, all.clone())],
-                    commands: all.clone(),
+                    upserts: vec![
+                        steered(32, all.clone()),
+                        Arc::new(Task {
+                            open_commands: other.clone(),
+                            ..(*task("other", 4)).clone()
+                        }),
+                    ],
+                    commands: all.iter().chain(&other).chain(&strays).cloned().collect(),
                     ..Batch::default()
                 })
                 .await
@@ -2828,7 +2878,11 @@ mod tests {
         }
         {
             let store = LogStore::open(small.clone()).unwrap();
-            assert_eq!(ids(&store.recover().unwrap()), expected(&all), "listed by id");
+            assert_eq!(
+                ids(&store.recover().unwrap(), "steered"),
+                expected(&all),
+                "listed by id"
+            );
             // The old command closes: the task's entry lists no ids any more.
             store
                 .commit(Batch {
@@ -2844,7 +2898,13 @@ mod tests {
                 .unwrap();
         }
         let store = LogStore::open(small.clone()).unwrap();
-        assert_eq!(ids(&store.recover().unwrap()), expected(&admitted), "by their order");
+        let recovered = store.recover().unwrap();
+        assert_eq!(
+            ids(&recovered, "steered"),
+            expected(&admitted),
+            "by their order, strays left out"
+        );
+        assert_eq!(ids(&recovered, "other"), expected(&other), "each task its own");
         // Enough events to roll and fold everything into a snapshot.
         for seq in 3..=200 {
             store.commit(events(seq..=seq)).await.unwrap();
@@ -2857,7 +2917,9 @@ mod tests {
             fs::remove_file(segment_path(&log, n)).unwrap();
         }
         let store = LogStore::open(small).unwrap();
-        assert_eq!(ids(&store.recover().unwrap()), expected(&admitted), "from a snapshot");
+        let recovered = store.recover().unwrap();
+        assert_eq!(ids(&recovered, "steered"), expected(&admitted), "from a snapshot");
+        assert_eq!(ids(&recovered, "other"), expected(&other), "from a snapshot");
     }
 
     #[tokio::test]
