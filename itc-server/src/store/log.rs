@@ -2373,6 +2373,15 @@ mod tests {
         committed_len(word).unwrap()
     }
 
+    /// Opens the store in `options` again and checks that it holds events `1..=head`,
+    /// every one readable; returns it.
+    fn reopened_with(options: LogOptions, head: u64) -> LogStore {
+        let store = LogStore::open(options).unwrap();
+        assert_eq!(store.recover().unwrap().head_seq, head);
+        assert_eq!(seqs(&store, 0, head as usize + 10), (1..=head).collect::<Vec<_>>());
+        store
+    }
+
     fn last_segment(dir: &Path) -> PathBuf {
         let log = dir.join("log");
         segment_path(&log, *numbered(&log, "seg").unwrap().last().unwrap())
@@ -3387,9 +3396,7 @@ mod tests {
         drop(store);
         let path = last_segment(dir.path());
         assert_eq!(fs::metadata(&path).unwrap().len(), committed(&path));
-        let store = LogStore::open(small).unwrap();
-        assert_eq!(store.recover().unwrap().head_seq, seq);
-        assert_eq!(seqs(&store, 0, 1000), (1..=seq).collect::<Vec<_>>());
+        reopened_with(small, seq);
     }
 
     /// A record larger than what is left of the map goes out with `pwrite` past it; a
@@ -3409,10 +3416,7 @@ mod tests {
             store.commit(events(1001..=1001)).await.unwrap();
             assert_eq!(seqs(&store, 0, 2000), (1..=1001).collect::<Vec<_>>());
         }
-        let store = LogStore::open(small).unwrap();
-        assert_eq!(store.recover().unwrap().head_seq, 1001);
-        assert_eq!(seqs(&store, 0, 2000), (1..=1001).collect::<Vec<_>>());
-        drop(store);
+        reopened_with(small, 1001);
 
         let dir = tempfile::tempdir().unwrap();
         let big = LogOptions {
@@ -3433,9 +3437,7 @@ mod tests {
             }
             assert_eq!(seqs(&store, 0, 100_000).len() as u64, head);
         }
-        let store = LogStore::open(big).unwrap();
-        assert_eq!(store.recover().unwrap().head_seq, head);
-        assert_eq!(seqs(&store, 0, 100_000), (1..=head).collect::<Vec<_>>());
+        reopened_with(big, head);
     }
 
     /// Where a segment is not mapped (another file system, another OS, a failed map), it
@@ -3461,9 +3463,7 @@ mod tests {
             path
         };
         assert_eq!(fs::metadata(&path).unwrap().len(), committed(&path));
-        let store = LogStore::open(small).unwrap();
-        assert_eq!(store.recover().unwrap().head_seq, 80);
-        assert_eq!(seqs(&store, 0, 100), (1..=80).collect::<Vec<_>>());
+        reopened_with(small, 80);
     }
 
     /// After a power loss, a closed segment's committed length can be older than its last
