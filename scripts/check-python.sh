@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # The Python check: generates Python stubs from proto/ with grpc_tools (from the venv
 # that scripts/install-tools.sh makes in .tools/venv), starts the real itc-server on a
-# free loopback port, and runs tests/python/itc_polling_check.py against it: a Python
-# agent drives a task while a Python poller reads it back with GetStatus and GetTask.
+# free loopback port, and runs every tests/python/itc_*_check.py against it:
+#   - itc_polling_check.py: an agent drives a task while a poller reads it back with
+#     GetStatus and GetTask;
+#   - itc_steering_check.py: an agent on the Heartbeat stream and a coordinator that
+#     subscribes, resumes with after_seq, steers under a lock and answers input.
 #
 # Needs: scripts/install-tools.sh run once, and the server built
 # (cargo build -p itc-server). The binary is $ITC_SERVER_BIN, default
-# target/debug/itc-server. The program prints "python-check: N passed, 0 failed".
+# target/debug/itc-server. Each program prints "python-check: N passed, 0 failed"; the
+# script ends with "python-check: N programs passed".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$ROOT/.tools/venv/bin/python"
 SERVER_BIN="${ITC_SERVER_BIN:-$ROOT/target/debug/itc-server}"
-PROGRAM="$ROOT/tests/python/itc_polling_check.py"
+PROGRAMS=("$ROOT"/tests/python/itc_*_check.py)
 START_DEADLINE=30 # seconds for the server to print its listening line
-RUN_DEADLINE=120  # seconds for the Python program
+RUN_DEADLINE=120  # seconds for each Python program
 STOP_DEADLINE=15  # seconds for the server to exit after SIGTERM
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-python-check.XXXXXX")"
@@ -50,23 +54,17 @@ log "generating Python stubs from proto/itc/v1/*.proto"
 start_server
 log "server listening on 127.0.0.1:$PORT"
 
-# --- run the Python program ------------------------------------------------------------------
-rc=0
-PYTHONPATH="$GEN${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1 \
-  timeout "$RUN_DEADLINE" "$PY" "$PROGRAM" "127.0.0.1:$PORT" || rc=$?
-((rc != 124)) || fail "$PROGRAM did not finish within ${RUN_DEADLINE}s"
-((rc == 0)) || fail "$PROGRAM exited $rc"
+# --- run the Python programs, one after the other, against the same server -------------------
+((${#PROGRAMS[@]} >= 2)) || fail "found ${#PROGRAMS[@]} programs tests/python/itc_*_check.py, wanted at least 2"
+for program in "${PROGRAMS[@]}"; do
+  log "running ${program#"$ROOT/"}"
+  rc=0
+  PYTHONPATH="$GEN${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1 \
+    timeout "$RUN_DEADLINE" "$PY" "$program" "127.0.0.1:$PORT" || rc=$?
+  ((rc != 124)) || fail "$program did not finish within ${RUN_DEADLINE}s"
+  ((rc == 0)) || fail "$program exited $rc"
+done
 
 # --- shutdown: SIGTERM, exit 0 within a deadline -------------------------------------------
-# Silent on success, so that the program's "python-check: N passed, 0 failed" stays the
-# last line.
-kill -TERM "$SERVER_PID"
-deadline=$((SECONDS + STOP_DEADLINE))
-while kill -0 "$SERVER_PID" 2>/dev/null; do
-  ((SECONDS < deadline)) || fail "the server did not exit within ${STOP_DEADLINE}s of SIGTERM"
-  sleep 0.1
-done
-rc=0
-wait "$SERVER_PID" || rc=$?
-SERVER_PID=""
-((rc == 0)) || fail "the server exited $rc after SIGTERM, wanted 0"
+shutdown_server
+echo "python-check: ${#PROGRAMS[@]} programs passed"

@@ -152,16 +152,7 @@ pass "ReportProgress with progress 2 fails with invalid_argument"
 
 # --- shutdown: SIGTERM, exit 0 within a deadline -------------------------------------------
 log "stopping the server (SIGTERM)"
-kill -TERM "$SERVER_PID"
-deadline=$((SECONDS + STOP_DEADLINE))
-while kill -0 "$SERVER_PID" 2>/dev/null; do
-  ((SECONDS < deadline)) || fail "the server did not exit within ${STOP_DEADLINE}s of SIGTERM"
-  sleep 0.1
-done
-rc=0
-wait "$SERVER_PID" || rc=$?
-SERVER_PID=""
-((rc == 0)) || fail "the server exited $rc after SIGTERM, wanted 0"
+shutdown_server
 pass "the server exits 0 on SIGTERM"
 
 echo "shell-check: $PASSED passed, 0 failed"

@@ -2,6 +2,8 @@
 # Installs the tools the shell and Python checks need, locally under .tools/ (gitignored):
 #   - buf (npm package @bufbuild/buf) in .tools/node_modules/.bin/buf
 #   - a Python venv in .tools/venv with grpcio, grpcio-tools and protobuf
+#   - the Node check's packages (@grpc/grpc-js, @grpc/proto-loader) in
+#     tests/node/node_modules, exactly as tests/node/package-lock.json pins them
 # Idempotent: a tool already present at the pinned version is left alone.
 # Needs only node/npm and python3 (CPython 3.11) on the machine; no input (CI-safe).
 set -euo pipefail
@@ -77,6 +79,27 @@ else
     exit 1
   }
   log "venv ready: grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION"
+fi
+
+# --- Node packages for the Node check ------------------------------------------------------
+# `npm ci` installs exactly the lockfile (integrity-checked); install scripts are not run
+# (none is needed: protobufjs's only one prints a version notice). Skipped when the
+# installed tree already matches the lockfile.
+node_dir="$ROOT/tests/node"
+installed_lock="$node_dir/node_modules/.package-lock.json"
+if [[ -f "$installed_lock" ]] && node -e '
+const fs = require("fs");
+const want = JSON.parse(fs.readFileSync(process.argv[1])).packages;
+const have = JSON.parse(fs.readFileSync(process.argv[2])).packages;
+for (const [k, v] of Object.entries(want)) {
+  if (k && (!have[k] || have[k].version !== v.version)) process.exit(1);
+}' "$node_dir/package-lock.json" "$installed_lock" 2>/dev/null; then
+  log "tests/node/node_modules already matches tests/node/package-lock.json"
+else
+  command -v npm >/dev/null || { echo "install-tools: npm not found" >&2; exit 1; }
+  log "installing the Node check's packages (npm ci in tests/node)"
+  npm ci --ignore-scripts --no-audit --no-fund --prefix "$node_dir" >/dev/null
+  log "tests/node/node_modules ready: $(cd "$node_dir" && node -p 'require("@grpc/grpc-js/package.json").version + " grpc-js, " + require("@grpc/proto-loader/package.json").version + " proto-loader"')"
 fi
 
 log "done"

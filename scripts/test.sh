@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check of the project: the README's test command, and exactly what CI runs.
-# Installs what it needs (npm @bufbuild/buf and a Python venv, both under .tools/).
+# Installs what it needs (npm @bufbuild/buf and a Python venv under .tools/, the Node
+# check's packages under tests/node/node_modules).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -8,7 +9,7 @@ cd "$ROOT"
 step() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
 
-step "install tools (buf, Python grpcio) into .tools/"
+step "install tools (buf, Python grpcio, Node grpc-js)"
 bash scripts/install-tools.sh
 
 step "cargo fmt --check"
@@ -61,8 +62,11 @@ step "shell check: buf curl by reflection against the real binary"
 cargo build -p itc-server --locked --quiet
 bash scripts/check-shell.sh
 
-step "python check: stubs generated from proto/"
+step "python check: stubs generated from proto/ (polling; steering with sessions, locks, input)"
 bash scripts/check-python.sh
 
+step "node check: @grpc/grpc-js with proto/ loaded at run time"
+bash scripts/check-node.sh
+
 printf '\nall checks passed in %ss\n' "$((SECONDS - started))"
-echo "checks: 10 passed, 0 failed"
+echo "checks: 11 passed, 0 failed"

@@ -68,3 +68,17 @@ start_server() {
     fail "unexpected first stdout line from the server: '$first_line' (wanted 'listening on 127.0.0.1:PORT')"
   fi
 }
+
+# Ends the check's server the way an operator would: SIGTERM, then it must exit 0 within
+# STOP_DEADLINE (a graceful drain). Fails the check otherwise.
+shutdown_server() {
+  kill -TERM "$SERVER_PID"
+  local deadline=$((SECONDS + STOP_DEADLINE)) rc=0
+  while kill -0 "$SERVER_PID" 2>/dev/null; do
+    ((SECONDS < deadline)) || fail "the server did not exit within ${STOP_DEADLINE}s of SIGTERM"
+    sleep 0.1 # poll interval: a child's exit has no notification a shell can wait on with a deadline
+  done
+  wait "$SERVER_PID" || rc=$?
+  SERVER_PID=""
+  ((rc == 0)) || fail "the server exited $rc after SIGTERM, wanted 0"
+}
