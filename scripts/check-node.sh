@@ -3,6 +3,7 @@
 # tests/node/check.js against it: @grpc/grpc-js with the protos of proto/ loaded at run
 # time by @grpc/proto-loader. A coordinator subscribes with a filter and resumes with
 # afterSeq; an agent starts a task and reports progress; GetStatus shows the outcome.
+# Then the README's ```js example, exactly as written (but for the port).
 #
 # Needs: scripts/install-tools.sh run once (it installs tests/node/node_modules from
 # tests/node/package-lock.json), and the server built (cargo build -p itc-server). The
@@ -42,5 +43,16 @@ rc=0
 timeout "$RUN_DEADLINE" node "$PROGRAM" "$ROOT/proto" "127.0.0.1:$PORT" || rc=$?
 ((rc != 124)) || fail "$PROGRAM did not finish within ${RUN_DEADLINE}s"
 ((rc == 0)) || fail "$PROGRAM exited $rc"
+
+log "running the README's js example"
+python3 "$ROOT/scripts/lib/readme_example.py" extract js "127.0.0.1:$PORT" "$WORK/example.js" ||
+  fail "could not take the js example from README.md"
+rc=0
+(cd "$ROOT" && NODE_PATH="$ROOT/tests/node/node_modules" timeout "$RUN_DEADLINE" node "$WORK/example.js") \
+  >"$WORK/example.out" || rc=$?
+cat "$WORK/example.out"
+((rc == 0)) || fail "the README's js example exited $rc"
+python3 "$ROOT/scripts/lib/readme_example.py" verify-progress "$WORK/example.out" ||
+  fail "the README's js example printed something else"
 
 shutdown_server

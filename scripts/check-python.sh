@@ -5,7 +5,8 @@
 #   - itc_polling_check.py: an agent drives a task while a poller reads it back with
 #     GetStatus and GetTask;
 #   - itc_steering_check.py: an agent on the Heartbeat stream and a coordinator that
-#     subscribes, resumes with after_seq, steers under a lock and answers input.
+#     subscribes, resumes with after_seq, steers under a lock and answers input;
+# then the README's ```python example, exactly as written (but for the port).
 #
 # Needs: scripts/install-tools.sh run once, and the server built
 # (cargo build -p itc-server). The binary is $ITC_SERVER_BIN, default
@@ -64,6 +65,18 @@ for program in "${PROGRAMS[@]}"; do
   ((rc != 124)) || fail "$program did not finish within ${RUN_DEADLINE}s"
   ((rc == 0)) || fail "$program exited $rc"
 done
+
+# --- the README's example ----------------------------------------------------------------------
+log "running the README's python example"
+python3 "$ROOT/scripts/lib/readme_example.py" extract python "127.0.0.1:$PORT" "$WORK/example.py" ||
+  fail "could not take the python example from README.md"
+rc=0
+(cd "$ROOT" && PYTHONPATH="$GEN" PYTHONDONTWRITEBYTECODE=1 timeout "$RUN_DEADLINE" "$PY" "$WORK/example.py") \
+  >"$WORK/example.out" || rc=$?
+cat "$WORK/example.out"
+((rc == 0)) || fail "the README's python example exited $rc"
+python3 "$ROOT/scripts/lib/readme_example.py" verify-progress "$WORK/example.out" ||
+  fail "the README's python example printed something else"
 
 # --- shutdown: SIGTERM, exit 0 within a deadline -------------------------------------------
 shutdown_server

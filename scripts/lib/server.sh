@@ -4,7 +4,8 @@
 #
 # The caller sets WORK (a temp dir), SERVER_BIN, START_DEADLINE, STOP_DEADLINE, and
 # defines `fail MESSAGE` and `log MESSAGE`. After `start_server`, PORT and SERVER_PID
-# are set; `stop_server` sends SIGTERM (then SIGKILL after STOP_DEADLINE).
+# are set; `stop_server` sends SIGTERM (then SIGKILL after STOP_DEADLINE). Extra server
+# flags go in the array SERVER_ARGS (optional).
 
 SERVER_PID=""
 SERVER_LOG="$WORK/server.log"
@@ -50,8 +51,9 @@ start_server() {
   local fifo="$WORK/stdout.fifo"
   mkfifo "$fifo"
   exec 3<>"$fifo"
-  log "starting $SERVER_BIN --listen 127.0.0.1:0 --data-dir $WORK/data"
-  "$SERVER_BIN" --listen 127.0.0.1:0 --data-dir "$WORK/data" >&3 2>"$SERVER_LOG" &
+  local args=(--listen 127.0.0.1:0 --data-dir "$WORK/data" ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"})
+  log "starting $SERVER_BIN ${args[*]}"
+  "$SERVER_BIN" "${args[@]}" >&3 2>"$SERVER_LOG" &
   SERVER_PID=$!
 
   local first_line="" deadline=$((SECONDS + START_DEADLINE))
