@@ -138,8 +138,8 @@ async fn scheduled(
                     task.priority
                 );
             }
-            for (id, kind) in &status.sessions {
-                println!("   connected: {id}: {kind:?}");
+            for session in &status.sessions {
+                println!("   connected: {}: {:?}", session.id, session.kind);
             }
         }
     }

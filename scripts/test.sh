@@ -19,7 +19,7 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo check of each crate on its own (no feature unification)"
-for crate in itc-proto itc-server itc-client itc-bench; do
+for crate in itc-proto itc-server itc-client itc-bench itc-cli; do
   cargo check -p "$crate" --locked
 done
 
@@ -82,5 +82,9 @@ bash scripts/check-python.sh
 step "node check: @grpc/grpc-js with proto/ loaded at run time"
 bash scripts/check-node.sh
 
+step "cli check: the README's itc lines against the real binary"
+cargo build -p itc-cli --locked --quiet
+bash scripts/check-cli.sh
+
 printf '\nall checks passed in %ss\n' "$((SECONDS - started))"
-echo "checks: 12 passed, 0 failed"
+echo "checks: 13 passed, 0 failed"

@@ -325,7 +325,7 @@ async fn sessions_become(client: &itc_client::Client, expected: &[&str]) {
     tokio::time::timeout(DEADLINE, async {
         loop {
             let status = client.status(Default::default()).await.unwrap();
-            let ids: Vec<&str> = status.sessions.iter().map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = status.sessions.iter().map(|s| s.id.as_str()).collect();
             if ids == expected {
                 return;
             }
@@ -599,4 +599,52 @@ async fn commands_and_answers_survive_a_cut() {
     assert_eq!(answer.answer, Some(json!("go")));
     answering.await.unwrap();
     task.complete(json!("done")).await.unwrap();
+}
+
+/// GetStatus lists each session with what the CLI's `itc sessions` shows: kind,
+/// capabilities, lease, its subscriptions with their filters, and the locks it holds;
+/// opening an id again reports the takeover.
+#[tokio::test]
+async fn sessions_are_listed_in_full() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let opened = client
+        .open_session("alice", SessionKind::Human, Capabilities::all())
+        .await
+        .unwrap();
+    assert!(!opened.taken_over);
+    assert!(opened.lease > Duration::ZERO);
+    let again = client
+        .open_session("alice", SessionKind::Human, Capabilities::all())
+        .await
+        .unwrap();
+    assert!(again.taken_over);
+    assert_eq!(again.generation, opened.generation + 1);
+    client
+        .start_task(StartTask::new("agent", "x").with_task_id("t"))
+        .await
+        .unwrap();
+    let lock = client.acquire_lock("alice", "t", None).await.unwrap();
+    let _events = client
+        .subscribe()
+        .session("alice")
+        .agent("agent")
+        .events([EventType::TaskProgress])
+        .start()
+        .await
+        .unwrap();
+    let status = client.status(Default::default()).await.unwrap();
+    let alice = status.sessions.iter().find(|s| s.id == "alice").unwrap();
+    assert_eq!(alice.kind, SessionKind::Human);
+    assert_eq!(alice.capabilities, Capabilities::all());
+    assert_eq!(alice.generation, again.generation);
+    assert_eq!(alice.lease_ttl, again.lease);
+    assert!(alice.connected.is_some() && alice.lease_expires > alice.last_activity);
+    assert_eq!(alice.locked_task_ids, ["t"]);
+    assert_eq!(alice.subscriptions.len(), 1);
+    let subscription = &alice.subscriptions[0];
+    assert_eq!(subscription.agent_ids, ["agent"]);
+    assert_eq!(subscription.event_types, [EventType::TaskProgress]);
+    assert!(subscription.task_ids.is_empty() && !subscription.id.is_empty());
+    client.release_lock("alice", &lock).await.unwrap();
 }

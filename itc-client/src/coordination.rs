@@ -253,25 +253,37 @@ impl Capabilities {
 
 pub use itc_proto::v1::SessionKind;
 
+/// A session as [`Client::open_session`] opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenedSession {
+    /// Its lease: it ends unless a call or heartbeat renews it within this.
+    pub lease: Duration,
+    /// Its generation (each takeover adds one).
+    pub generation: u64,
+    /// Whether a session of the same id was connected and is now taken over.
+    pub taken_over: bool,
+}
+
 impl Client {
-    /// Opens (or takes over) the session `session_id`; returns its lease. Without
-    /// heartbeats it lasts as long as its lease, renewed by every call it makes.
+    /// Opens (or takes over) the session `session_id`. Without heartbeats it lasts as
+    /// long as its lease, renewed by every call it makes.
     pub async fn open_session(
         &self,
         session_id: &str,
         kind: SessionKind,
         capabilities: Capabilities,
-    ) -> Result<Duration, Error> {
-        Ok(self.connect_session(session_id, kind, capabilities).await?.0)
+    ) -> Result<OpenedSession, Error> {
+        self.connect_session(session_id, kind, capabilities).await
     }
 
-    /// Opens a session; returns its lease and generation.
+    /// Opens a session.
     pub(crate) async fn connect_session(
         &self,
         session_id: &str,
         kind: SessionKind,
         capabilities: Capabilities,
-    ) -> Result<(Duration, u64), Error> {
+    ) -> Result<OpenedSession, Error> {
         let request = pb::ConnectRequest {
             session_id: session_id.to_owned(),
             kind: kind as i32,
@@ -289,7 +301,11 @@ impl Client {
             .lease_ttl
             .and_then(|d| Duration::try_from(d).ok())
             .unwrap_or_default();
-        Ok((lease, session.generation))
+        Ok(OpenedSession {
+            lease,
+            generation: session.generation,
+            taken_over: response.taken_over,
+        })
     }
 
     /// Ends the session `session_id`.

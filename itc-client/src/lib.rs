@@ -39,13 +39,16 @@ mod task;
 pub mod types;
 
 pub use client::{Ack, Client, ClientBuilder, RetryPolicy, StartTask, StatusQuery};
-pub use coordination::{Capabilities, CoordinateCall, SessionKind};
+pub use coordination::{Capabilities, CoordinateCall, OpenedSession, SessionKind};
 pub use error::Error;
 pub use session::{Interruption, Session, SessionBuilder, SessionState};
 pub use stream::{EventStream, SubscriptionBuilder};
 pub use task::{InputCall, LockGuard, TaskHandle};
+/// The gRPC status code [`Error::code`] returns.
+pub use tonic::Code;
 pub use types::{
-    Action, Command, CommandState, Event, EventType, InputRequest, InputState, Lock, StatusPage, Task, TaskStatus,
+    Action, Command, CommandState, Event, EventType, InputRequest, InputState, Lock, SessionInfo, StatusPage,
+    SubscriptionInfo, Task, TaskStatus,
 };
 
 /// The generated protocol types (package `itc.v1`), for what the SDK does not wrap.

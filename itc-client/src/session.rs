@@ -70,10 +70,11 @@ impl SessionBuilder {
 
     /// Connects and starts heartbeating in the background.
     pub async fn connect(self) -> Result<Session, Error> {
-        let (lease, generation) = self
+        let opened = self
             .client
             .connect_session(&self.id, self.kind, self.capabilities)
             .await?;
+        let (lease, generation) = (opened.lease, opened.generation);
         let (state, _) = watch::channel(SessionState::Connected);
         let inner = Arc::new(Inner {
             client: self.client,
@@ -369,9 +370,9 @@ async fn run(inner: Arc<Inner>, mut lease: Duration) {
         }
         // Connect again: a takeover of our own session, or a new one after a loss.
         match client.connect_session(&id, inner.kind, inner.capabilities).await {
-            Ok((granted, generation)) => {
-                lease = granted;
-                inner.generation.store(generation, Ordering::SeqCst);
+            Ok(opened) => {
+                lease = opened.lease;
+                inner.generation.store(opened.generation, Ordering::SeqCst);
                 inner.state.send_replace(SessionState::Connected);
                 // Answers pushed while we were away are not pushed again: ask.
                 let waiting: Vec<String> = inner.routes().inputs.keys().cloned().collect();

@@ -435,8 +435,8 @@ pub struct StatusPage {
     pub global_interrupt: bool,
     /// The service state (the seed's idle / running / interrupted).
     pub state: pb::ServiceState,
-    /// Connected sessions (id, kind).
-    pub sessions: Vec<(String, pb::SessionKind)>,
+    /// Connected sessions.
+    pub sessions: Vec<SessionInfo>,
     /// The server's counters.
     pub statistics: pb::Statistics,
 }
@@ -450,8 +450,88 @@ impl StatusPage {
             active_tasks: r.active_tasks,
             global_interrupt: r.global_interrupt,
             state: r.state(),
-            sessions: r.sessions.iter().map(|s| (s.session_id.clone(), s.kind())).collect(),
+            sessions: r.sessions.iter().map(SessionInfo::from_proto).collect(),
             statistics: r.statistics.unwrap_or_default(),
+        }
+    }
+}
+
+/// A connected session, as GetStatus lists it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The session (coordinator or agent) id.
+    pub id: String,
+    /// Who it is.
+    pub kind: pb::SessionKind,
+    /// What it may do.
+    pub capabilities: crate::Capabilities,
+    /// When it connected.
+    pub connected: Option<SystemTime>,
+    /// Its last call or heartbeat.
+    pub last_activity: Option<SystemTime>,
+    /// When its lease runs out unless renewed.
+    pub lease_expires: Option<SystemTime>,
+    /// Its lease.
+    pub lease_ttl: Duration,
+    /// How many times the id connected (each takeover adds one).
+    pub generation: u64,
+    /// Its open Subscribe streams.
+    pub subscriptions: Vec<SubscriptionInfo>,
+    /// The tasks whose lock it holds.
+    pub locked_task_ids: Vec<String>,
+}
+
+impl SessionInfo {
+    pub(crate) fn from_proto(s: &pb::Session) -> Self {
+        let caps = s.capabilities.unwrap_or_default();
+        Self {
+            id: s.session_id.clone(),
+            kind: s.kind(),
+            capabilities: crate::Capabilities {
+                streaming: caps.streaming,
+                interruption: caps.interruption,
+                task_coordination: caps.task_coordination,
+            },
+            connected: time(s.connect_time.as_ref()),
+            last_activity: time(s.last_activity_time.as_ref()),
+            lease_expires: time(s.lease_expire_time.as_ref()),
+            lease_ttl: s.lease_ttl.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default(),
+            generation: s.generation,
+            subscriptions: s.subscriptions.iter().map(SubscriptionInfo::from_proto).collect(),
+            locked_task_ids: s.locked_task_ids.clone(),
+        }
+    }
+}
+
+/// A session's open Subscribe stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionInfo {
+    /// The subscription's id (as in its STREAM_START).
+    pub id: String,
+    /// Its task-id filter (empty: all).
+    pub task_ids: Vec<String>,
+    /// Its agent-id filter (empty: all).
+    pub agent_ids: Vec<String>,
+    /// Its event-type filter (empty: all).
+    pub event_types: Vec<EventType>,
+    /// The seq of the last event it was sent.
+    pub delivered_seq: u64,
+    /// Events it was sent.
+    pub delivered_events: u64,
+}
+
+impl SubscriptionInfo {
+    fn from_proto(s: &pb::SubscriptionInfo) -> Self {
+        let filter = s.filter.clone().unwrap_or_default();
+        Self {
+            id: s.subscription_id.clone(),
+            event_types: filter.event_types().collect(),
+            task_ids: filter.task_ids,
+            agent_ids: filter.agent_ids,
+            delivered_seq: s.delivered_seq,
+            delivered_events: s.delivered_events,
         }
     }
 }
