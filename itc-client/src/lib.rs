@@ -51,5 +51,10 @@ pub use types::{
     SubscriptionInfo, Task, TaskStatus,
 };
 
+/// The README's Rust example, compiled as a doctest (its other code blocks are not Rust).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 /// The generated protocol types (package `itc.v1`), for what the SDK does not wrap.
 pub use itc_proto::v1 as proto;
