@@ -26,23 +26,11 @@ LINE_DEADLINE=60  # seconds for any one line of the README
 FOLLOW_SECONDS=5  # how long a following `itc watch` runs before it is stopped
 STOP_DEADLINE=15  # seconds for the server to exit after SIGTERM
 
-PASSED=0
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-cli-check.XXXXXX")"
 
-log() { echo "cli check: $*"; }
-pass() {
-  PASSED=$((PASSED + 1))
-  echo "ok $PASSED - $*"
-}
-fail() {
-  echo "FAIL - $*" >&2
-  server_log_tail
-  echo "cli-check: $PASSED passed, 1 failed" >&2
-  exit 1
-}
-
-# shellcheck source=lib/server.sh
-source "$ROOT/scripts/lib/server.sh"
+CHECK_NAME="cli-check"
+# shellcheck source=lib/check.sh
+source "$ROOT/scripts/lib/check.sh"
 
 [[ -x "$BUF" ]] || fail "buf not found at $BUF: run scripts/install-tools.sh first"
 [[ -x "$CLI_BIN" ]] || fail "itc not found at $CLI_BIN: run 'cargo build -p itc-cli' (or set ITC_CLI_BIN)"
@@ -95,7 +83,8 @@ while IFS= read -r line; do
   rc=0
   if [[ "$command" == "itc watch "* && "$command" != *"--count"* ]]; then
     # Follows until stopped: stop it as a person would, with Ctrl-C (SIGINT).
-    timeout --preserve-status -s INT "$FOLLOW_SECONDS" bash -c "$command" >"$WORK/out" 2>"$WORK/err" || rc=$?
+    # (-k: killed if it ignored the Ctrl-C; that is exit 137, a failure.)
+    timeout --preserve-status -s INT -k 10 "$FOLLOW_SECONDS" bash -c "$command" >"$WORK/out" 2>"$WORK/err" || rc=$?
   elif [[ "$command" == source\ * ]]; then
     (eval "$command" && complete -p itc) >"$WORK/out" 2>"$WORK/err" || rc=$?
   else

@@ -25,17 +25,9 @@ STOP_DEADLINE=15  # seconds for the server to exit after SIGTERM
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-python-check.XXXXXX")"
 GEN="$WORK/gen"
 
-log() { echo "python check: $*"; }
-
-fail() {
-  echo "FAIL - $*" >&2
-  server_log_tail
-  echo "python check: failed" >&2
-  exit 1
-}
-
-# shellcheck source=lib/server.sh
-source "$ROOT/scripts/lib/server.sh"
+CHECK_NAME="python-check"
+# shellcheck source=lib/check.sh
+source "$ROOT/scripts/lib/check.sh"
 
 # --- preconditions ---------------------------------------------------------------------
 [[ -x "$PY" ]] || fail "no Python venv at $ROOT/.tools/venv: run scripts/install-tools.sh first"
@@ -64,20 +56,12 @@ for program in "${PROGRAMS[@]}"; do
     timeout "$RUN_DEADLINE" "$PY" "$program" "127.0.0.1:$PORT" || rc=$?
   ((rc != 124)) || fail "$program did not finish within ${RUN_DEADLINE}s"
   ((rc == 0)) || fail "$program exited $rc"
+  pass "${program#"$ROOT/"}"
 done
 
 # --- the README's example ----------------------------------------------------------------------
-log "running the README's python example"
-python3 "$ROOT/scripts/lib/readme_example.py" extract python "127.0.0.1:$PORT" "$WORK/example.py" ||
-  fail "could not take the python example from README.md"
-rc=0
-(cd "$ROOT" && PYTHONPATH="$GEN" PYTHONDONTWRITEBYTECODE=1 timeout "$RUN_DEADLINE" "$PY" "$WORK/example.py") \
-  >"$WORK/example.out" || rc=$?
-cat "$WORK/example.out"
-((rc == 0)) || fail "the README's python example exited $rc"
-python3 "$ROOT/scripts/lib/readme_example.py" verify-progress "$WORK/example.out" ||
-  fail "the README's python example printed something else"
+readme_example python env PYTHONPATH="$GEN" PYTHONDONTWRITEBYTECODE=1 "$PY"
 
 # --- shutdown: SIGTERM, exit 0 within a deadline -------------------------------------------
 shutdown_server
-echo "python-check: ${#PROGRAMS[@]} programs passed"
+echo "python-check: $PASSED passed, 0 failed (${#PROGRAMS[@]} programs and the README example)"

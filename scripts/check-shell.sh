@@ -25,25 +25,11 @@ POLL_DEADLINE=10  # seconds for GetStatus to show the reported progress
 STREAM_SECONDS=2  # max_stream_duration of the check's server: Subscribe calls end by themselves
 SERVER_ARGS=(--max-stream-duration "$STREAM_SECONDS")
 
-PASSED=0
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/itc-shell-check.XXXXXX")"
 
-log() { echo "shell check: $*"; }
-
-pass() {
-  PASSED=$((PASSED + 1))
-  echo "ok $PASSED - $*"
-}
-
-fail() {
-  echo "FAIL - $*" >&2
-  server_log_tail
-  echo "shell-check: $PASSED passed, 1 failed" >&2
-  exit 1
-}
-
-# shellcheck source=lib/server.sh
-source "$ROOT/scripts/lib/server.sh"
+CHECK_NAME="shell-check"
+# shellcheck source=lib/check.sh
+source "$ROOT/scripts/lib/check.sh"
 
 # --- preconditions ---------------------------------------------------------------------
 [[ -x "$BUF" ]] || fail "buf not found at $BUF: run scripts/install-tools.sh first"
@@ -130,14 +116,21 @@ print(eval(sys.argv[1], {"ms": ms, "es": es}))
 ' "$1" <<<"$OUT"
 }
 
-# --- (a) reflection: list the methods ---------------------------------------------------
+# --- (a) reflection: list the services, then the methods ----------------------------------
+call_ok --list-services "$URL"
+for service in itc.v1.AgentService itc.v1.CoordinatorService itc.v1.MonitorService itc.v1.SessionService \
+  grpc.health.v1.Health; do
+  grep -qxF "$service" <<<"$OUT" || fail "--list-services does not list $service; it listed:
+$OUT"
+done
+pass "reflection lists the four ITC services and health"
 call_ok --list-methods "$URL"
 for m in itc.v1.MonitorService/GetStatus itc.v1.MonitorService/Subscribe grpc.health.v1.Health/Check \
   itc.v1.AgentService/StartTask itc.v1.SessionService/Connect itc.v1.CoordinatorService/Coordinate; do
   grep -qxF "$m" <<<"$OUT" || fail "--list-methods does not list $m; it listed:
 $OUT"
 done
-pass "reflection lists the methods of the five ITC services and of health"
+pass "reflection lists the methods of the ITC services and of health"
 
 # --- (b) health --------------------------------------------------------------------------
 call_ok "$URL/grpc.health.v1.Health/Check"

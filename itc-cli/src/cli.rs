@@ -9,13 +9,16 @@ use itc_client::{Action, CommandState, EventType, TaskStatus};
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  done
-  1  the server refused for another reason (a server error, a command it rejected)
+  1  refused for another reason: a server error, or a command its agent rejected or
+     did not answer in time
   2  a usage error: a bad flag or value, or the server found an argument invalid
   3  not found: no such task, input request or command
   4  conflict: the task is locked by another coordinator, already finished, or the
      request was already answered
   5  not allowed: unauthenticated or permission denied
-  6  unreachable: no server at --addr, or it did not answer in time";
+  6  unreachable: no server at --addr, or it did not answer in time
+  7  --wait ended (--wait-timeout) before the command reached the state asked; it may
+     still get there";
 
 const EXAMPLES: &str = "\
 Examples:

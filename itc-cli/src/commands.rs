@@ -4,6 +4,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use clap::CommandFactory as _;
+use futures_util::FutureExt as _;
 use itc_client::{Action, Capabilities, Client, Command, CommandState, EventType, SessionKind, StatusQuery};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
@@ -33,39 +34,50 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
                         .into(),
                 ));
             }
+            let stop = interrupted();
             let client = connect(&cli, CALL_TIMEOUT).await?;
-            crate::live::run(client, args).await
+            crate::live::run(client, args, stop).await
         }
         Verb::Status(args) => status(&connect(&cli, CALL_TIMEOUT).await?, &cli.addr, args).await,
         Verb::Sessions(args) => sessions(&connect(&cli, CALL_TIMEOUT).await?, args.json).await,
-        Verb::Watch(args) => watch(&connect(&cli, CALL_TIMEOUT).await?, args).await,
+        Verb::Watch(args) => {
+            let stop = interrupted();
+            watch(&connect(&cli, CALL_TIMEOUT).await?, args, stop).await
+        }
         Verb::Coordinate(args) => {
             let mut steer = Steering::from_send(&cli, &args.send).await?;
-            let result = coordinate(&mut steer, args).await;
-            steer.close(result).await
+            coordinate(&mut steer, args).await
         }
         Verb::Interrupt(args) => {
             let mut steer = Steering::from_send(&cli, &args.send).await?;
-            let result = interrupt(&mut steer, args).await;
-            steer.close(result).await
+            interrupt(&mut steer, args).await
         }
         Verb::Resume(args) => {
             let mut steer = Steering::from_send(&cli, &args.send).await?;
-            let result = resume(&mut steer, args).await;
-            steer.close(result).await
+            resume(&mut steer, args).await
         }
         Verb::Cancel(args) => {
             let mut steer = Steering::from_send(&cli, &args.send).await?;
-            let result = cancel(&mut steer, args).await;
-            steer.close(result).await
+            cancel(&mut steer, args).await
         }
         Verb::Answer(args) => {
             let mut steer = Steering::open(&cli, CommandState::Admitted, Duration::ZERO, args.json).await?;
-            let result = answer(&mut steer, args).await;
-            steer.close(result).await
+            answer(&mut steer, args).await
         }
     }
 }
+
+/// Resolves at Ctrl-C (SIGINT). Listening starts here, at once (a signal future starts
+/// listening when first polled), so that a Ctrl-C while connecting ends the command
+/// the same way as one later: exit 0.
+pub(crate) fn interrupted() -> Interrupted {
+    let mut ctrl_c: Interrupted = Box::pin(tokio::signal::ctrl_c());
+    let _ = (&mut ctrl_c).now_or_never();
+    ctrl_c
+}
+
+/// What [`interrupted`] returns.
+pub(crate) type Interrupted = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
 /// `host:port` or a URI, as a URI.
 fn uri(addr: &str) -> String {
@@ -214,6 +226,7 @@ async fn sessions(client: &Client, json: bool) -> Result<(), CliError> {
                     "connected": s.connected.map(|t| humantime::format_rfc3339_millis(t).to_string()),
                     "last_activity": s.last_activity.map(|t| humantime::format_rfc3339_millis(t).to_string()),
                     "lease_expires": s.lease_expires.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                    "lease_ttl_seconds": s.lease_ttl.as_secs_f64(),
                     "generation": s.generation,
                     "locked_task_ids": s.locked_task_ids,
                     "subscriptions": s.subscriptions.iter().map(|sub| json!({
@@ -240,7 +253,7 @@ async fn sessions(client: &Client, json: bool) -> Result<(), CliError> {
 
 // --- watch -------------------------------------------------------------------------------------
 
-async fn watch(client: &Client, args: &WatchArgs) -> Result<(), CliError> {
+async fn watch(client: &Client, args: &WatchArgs, mut stop: Interrupted) -> Result<(), CliError> {
     let mut builder = client.subscribe().snapshot(args.snapshot);
     for task in &args.tasks {
         builder = builder.task(task);
@@ -260,11 +273,10 @@ async fn watch(client: &Client, args: &WatchArgs) -> Result<(), CliError> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let event = tokio::select! {
             event = events.next() => event,
-            _ = &mut ctrl_c => return Ok(()),
+            _ = &mut stop => return Ok(()),
         };
         let Some(event) = event else { return Ok(()) };
         let event = event?;
@@ -291,13 +303,13 @@ async fn watch(client: &Client, args: &WatchArgs) -> Result<(), CliError> {
 // --- steering --------------------------------------------------------------------------------
 
 /// The coordinator session a steering verb acts as: the one connected under `--as`, or
-/// one opened (kind HUMAN) for this command, just before its first call, and closed
-/// after it.
+/// one opened (kind HUMAN) just before the command's first call. An opened session is
+/// not closed: it ends with its lease (`session_ttl`). Closing it could end the session
+/// of another command running at the same time under the same id, which found it
+/// connected and is using it.
 struct Steering {
     client: Client,
     id: String,
-    /// Whether this command opened the session (and so closes it).
-    opened: bool,
     /// Whether the session is known to be connected.
     ready: bool,
     wait: CommandState,
@@ -320,7 +332,6 @@ impl Steering {
         Ok(Self {
             client,
             id,
-            opened: false,
             ready: false,
             wait,
             wait_timeout,
@@ -340,25 +351,23 @@ impl Steering {
                 })
                 .await?;
             if !status.sessions.iter().any(|s| s.id == self.id) {
-                self.client
+                let opened = self
+                    .client
                     .open_session(&self.id, SessionKind::Human, Capabilities::all())
                     .await?;
-                self.opened = true;
+                if opened.taken_over {
+                    // It connected elsewhere between the look and the Connect.
+                    let _ = writeln!(
+                        anstream::stderr(),
+                        "itc: note: session `{}` connected elsewhere just now and was taken over; \
+                         its owner reconnects if it heartbeats",
+                        self.id
+                    );
+                }
             }
             self.ready = true;
         }
         Ok(&self.id)
-    }
-
-    /// Closes the session if this command opened it, then passes `result` on.
-    async fn close(self, result: Result<(), CliError>) -> Result<(), CliError> {
-        if self.opened {
-            let closed = self.client.close_session(&self.id).await;
-            if result.is_ok() {
-                closed?;
-            }
-        }
-        result
     }
 
     async fn send(
@@ -382,7 +391,35 @@ impl Steering {
         Ok(command)
     }
 
+    /// Prints the command, then fails unless it reached the state `--wait` asked for.
     fn report(&self, verb: &str, command: &Command) -> Result<(), CliError> {
+        self.print(verb, command)?;
+        match command.state {
+            CommandState::Rejected => Err(CliError::Refused(format!(
+                "the agent rejected command {} on task {}: {}",
+                command.id,
+                command.task_id,
+                command.reason.as_deref().unwrap_or("no reason given")
+            ))),
+            CommandState::TimedOut => Err(CliError::Refused(format!(
+                "command {} on task {} timed out: {}",
+                command.id,
+                command.task_id,
+                command.reason.as_deref().unwrap_or("the agent did not answer")
+            ))),
+            state if state < self.wait => Err(CliError::NotReached(format!(
+                "command {} is {} after {}, not yet {}; it may still be (`itc watch --task {}` shows it)",
+                command.id,
+                render::command_state_name(state),
+                humantime::format_duration(self.wait_timeout),
+                render::command_state_name(self.wait),
+                command.task_id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn print(&self, verb: &str, command: &Command) -> Result<(), CliError> {
         if self.json {
             return print_json(&render::command_json(command));
         }

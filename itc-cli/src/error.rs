@@ -13,6 +13,13 @@ pub(crate) enum CliError {
     /// The command's target is in a state that refuses it (exit 4).
     #[error("{0}")]
     Conflict(String),
+    /// The command reached a final state other than the one asked: the agent rejected it,
+    /// or did not answer in time (exit 1).
+    #[error("{0}")]
+    Refused(String),
+    /// `--wait` ended before the command reached the state asked (exit 7).
+    #[error("{0}")]
+    NotReached(String),
     /// The server could not be reached at the address given (exit 6).
     #[error(
         "cannot reach the ITC server at {addr}: {reason}\n  (is itc-server running there? Set --addr or ITC_ADDR.)"
@@ -32,18 +39,27 @@ pub(crate) enum CliError {
 }
 
 impl CliError {
-    /// The exit code: 2 usage, 3 not found, 4 conflict, 5 not allowed, 6 unreachable, 1
-    /// anything else.
+    /// The exit code: 2 usage, 3 not found, 4 conflict, 5 not allowed, 6 unreachable, 7
+    /// not reached in time, 1 anything else.
     pub(crate) fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
+        ExitCode::from(self.code())
+    }
+
+    fn code(&self) -> u8 {
+        match self {
             CliError::Usage(_) => 2,
             CliError::Conflict(_) => 4,
+            CliError::Refused(_) => 1,
+            CliError::NotReached(_) => 7,
             CliError::Unreachable { .. } => 6,
             CliError::Io(_) => 1,
             CliError::Client(e) => match e {
                 itc_client::Error::InvalidUri { .. } | itc_client::Error::InvalidData { .. } => 2,
                 itc_client::Error::Connect(_) => 6,
                 itc_client::Error::OutOfRange { .. } => 2,
+                // tonic reports its own request timeout as CANCELLED "Timeout expired"
+                // (tonic::TimeoutExpired): the server did not answer in time.
+                itc_client::Error::Status(s) if s.code() == Code::Cancelled && s.message() == "Timeout expired" => 6,
                 _ => match e.code() {
                     Some(Code::InvalidArgument | Code::OutOfRange) => 2,
                     Some(Code::NotFound) => 3,
@@ -53,6 +69,40 @@ impl CliError {
                     _ => 1,
                 },
             },
-        })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, message: &str) -> CliError {
+        CliError::Client(itc_client::Error::Status(tonic::Status::new(code, message)))
+    }
+
+    #[test]
+    fn codes_scripts_rely_on() {
+        let cases = [
+            (status(Code::InvalidArgument, "bad"), 2),
+            (status(Code::NotFound, "task `x` not found"), 3),
+            (status(Code::Aborted, "locked"), 4),
+            (status(Code::FailedPrecondition, "finished"), 4),
+            (status(Code::PermissionDenied, "no"), 5),
+            (status(Code::Unauthenticated, "who?"), 5),
+            (status(Code::Unavailable, "down"), 6),
+            (status(Code::DeadlineExceeded, "slow"), 6),
+            // tonic's own request timeout.
+            (status(Code::Cancelled, "Timeout expired"), 6),
+            (status(Code::Cancelled, "the client went away"), 1),
+            (status(Code::Internal, "oops"), 1),
+            (CliError::Refused("rejected".into()), 1),
+            (CliError::NotReached("still delivered".into()), 7),
+            (CliError::Conflict("answered".into()), 4),
+            (CliError::Usage("bad flag".into()), 2),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 
 use crate::cli::StatusArgs;
+use crate::commands::Interrupted;
 use crate::error::CliError;
 use crate::render::{cut, duration, paint, status_name, status_style};
 
@@ -24,6 +25,22 @@ use crate::render::{cut, duration, paint, status_name, status_style};
 const TICK: Duration = Duration::from_secs(1);
 /// Bar positions per task: progress is shown to a tenth of a percent.
 const STEPS: u64 = 1000;
+
+/// Where a task goes on screen: live tasks first, oldest first, then finished ones, most
+/// recently finished first (the terminal's height cuts the list from the bottom).
+type Order = (bool, std::cmp::Reverse<SystemTime>, SystemTime, String);
+
+fn order(task: &Task) -> Order {
+    let finished = task.status.is_some_and(TaskStatus::is_finished);
+    let created = task.created.unwrap_or(UNIX_EPOCH);
+    // For live tasks the second part is the same for all: creation order decides.
+    let finish = if finished {
+        task.finished.unwrap_or(created)
+    } else {
+        UNIX_EPOCH
+    };
+    (finished, std::cmp::Reverse(finish), created, task.id.clone())
+}
 
 /// One task on screen.
 struct Row {
@@ -37,13 +54,13 @@ struct View {
     multi: MultiProgress,
     header: ProgressBar,
     columns: ProgressBar,
-    rows: BTreeMap<(std::time::SystemTime, String), Row>,
+    rows: BTreeMap<Order, Row>,
     statuses: Vec<TaskStatus>,
     colors: bool,
     summary: String,
 }
 
-pub(crate) async fn run(client: Client, args: &StatusArgs) -> Result<(), CliError> {
+pub(crate) async fn run(client: Client, args: &StatusArgs, mut stop: Interrupted) -> Result<(), CliError> {
     // Keys typed (and the `^C` the terminal would echo) must not land in the frame.
     let _quiet = NoEcho::new();
     let mut builder = client.subscribe().snapshot(true);
@@ -71,7 +88,6 @@ pub(crate) async fn run(client: Client, args: &StatusArgs) -> Result<(), CliErro
     view.summarize(&client).await?;
     view.draw();
     let mut tick = tokio::time::interval(TICK);
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let outcome = loop {
         tokio::select! {
             event = events.next() => {
@@ -81,7 +97,7 @@ pub(crate) async fn run(client: Client, args: &StatusArgs) -> Result<(), CliErro
                 }
             }
             _ = tick.tick() => view.draw(),
-            _ = &mut ctrl_c => break Ok(()),
+            _ = &mut stop => break Ok(()),
         }
     };
     // Leave the last frame on screen as it is.
@@ -96,9 +112,15 @@ pub(crate) async fn run(client: Client, args: &StatusArgs) -> Result<(), CliErro
 }
 
 /// Takes note of an event: the task it changed (and the task itself, for a snapshot).
-fn note(event: Event, changed: &mut BTreeSet<String>, fresh: &mut BTreeMap<String, Task>) {
+/// True for a STREAM_RESET.
+fn note(event: Event, changed: &mut BTreeSet<String>, fresh: &mut BTreeMap<String, Task>) -> bool {
+    if event.kind == EventType::StreamReset {
+        changed.clear();
+        fresh.clear();
+        return true;
+    }
     if event.kind == EventType::Heartbeat {
-        return;
+        return false;
     }
     if let Some(task_id) = event.task_id {
         if let Some(task) = event.task.filter(|_| event.kind == EventType::TaskSnapshot) {
@@ -108,6 +130,7 @@ fn note(event: Event, changed: &mut BTreeSet<String>, fresh: &mut BTreeMap<Strin
         }
         changed.insert(task_id);
     }
+    false
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -124,9 +147,16 @@ impl View {
     ) -> Result<(), CliError> {
         let mut changed = BTreeSet::new();
         let mut fresh = BTreeMap::new();
-        note(first?, &mut changed, &mut fresh);
+        let mut reset = note(first?, &mut changed, &mut fresh);
         while let Some(Some(event)) = events.next().now_or_never() {
-            note(event?, &mut changed, &mut fresh);
+            reset |= note(event?, &mut changed, &mut fresh);
+        }
+        if reset {
+            // The stream fell past retention: fresh snapshots follow. A task that went away
+            // meanwhile gets none, so the screen starts over from them.
+            for row in std::mem::take(&mut self.rows).into_values() {
+                self.multi.remove(&row.bar);
+            }
         }
         for task_id in changed {
             let task = match fresh.remove(&task_id) {
@@ -146,44 +176,39 @@ impl View {
 
     /// Puts the task as read (or removes it: gone, or filtered out by status).
     fn put(&mut self, task_id: &str, task: Option<Task>) {
-        let key = self
+        let old = self
             .rows
             .iter()
             .find(|(_, r)| r.task.id == task_id)
             .map(|(k, _)| k.clone());
         let shown = task.filter(|t| self.statuses.is_empty() || t.status.is_some_and(|s| self.statuses.contains(&s)));
-        match (key, shown) {
-            (Some(key), Some(task)) => {
-                if let Some(row) = self.rows.get_mut(&key) {
-                    row.task = task;
-                    row.read_at = Instant::now();
-                }
+        let new = shown.as_ref().map(order);
+        if old.is_some() && old == new {
+            if let (Some(row), Some(task)) = (old.and_then(|k| self.rows.get_mut(&k)), shown) {
+                row.task = task;
+                row.read_at = Instant::now();
             }
-            (Some(key), None) => {
-                if let Some(row) = self.rows.remove(&key) {
-                    self.multi.remove(&row.bar);
-                }
-            }
-            (None, Some(task)) => {
-                let key = (task.created.unwrap_or(std::time::UNIX_EPOCH), task.id.clone());
-                // Keep the screen in creation order: insert before the first later task.
-                // Blank until `draw` styles it (the default style is a full-width bar).
-                let bar = ProgressBar::new(STEPS).with_style(style("{prefix}"));
-                let bar = match self.rows.range(key.clone()..).next() {
-                    Some((_, later)) => self.multi.insert_before(&later.bar, bar),
-                    None => self.multi.add(bar),
-                };
-                self.rows.insert(
-                    key,
-                    Row {
-                        task,
-                        read_at: Instant::now(),
-                        bar,
-                    },
-                );
-            }
-            (None, None) => {}
+            return;
         }
+        // New, gone, or moving (it finished): out of its old place, into its new one.
+        if let Some(row) = old.and_then(|k| self.rows.remove(&k)) {
+            self.multi.remove(&row.bar);
+        }
+        let (Some(key), Some(task)) = (new, shown) else { return };
+        // Blank until `draw` styles it (the default style is a full-width bar).
+        let bar = ProgressBar::new(STEPS).with_style(style("{prefix}"));
+        let bar = match self.rows.range(key.clone()..).next() {
+            Some((_, later)) => self.multi.insert_before(&later.bar, bar),
+            None => self.multi.add(bar),
+        };
+        self.rows.insert(
+            key,
+            Row {
+                task,
+                read_at: Instant::now(),
+                bar,
+            },
+        );
     }
 
     /// The header line: the service state and counts.

@@ -79,6 +79,12 @@ impl World {
         response.input.unwrap().request_id
     }
 
+    /// Connects a HUMAN coordinator session `id` (without heartbeats: it lives on its lease).
+    fn human(&self, id: &str) {
+        self.block_on(self.client.open_session(id, SessionKind::Human, Capabilities::all()))
+            .unwrap();
+    }
+
     fn status_of(&self, task: &str) -> itc_client::Task {
         self.block_on(self.client.get_task(task)).unwrap()
     }
@@ -226,9 +232,12 @@ fn steering_verbs_change_the_task_and_exit_codes_tell_why_not() {
         .block_on(world.client.status(Default::default()))
         .unwrap()
         .sessions;
-    assert!(
-        sessions.is_empty(),
-        "the CLI closes the session it opened: {sessions:?}"
+    // The session it opened stays until its lease ends (closing it could cut another
+    // command using it).
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(
+        (sessions[0].id.as_str(), sessions[0].kind),
+        ("tester", SessionKind::Human)
     );
 
     // resume, as JSON.
@@ -238,13 +247,7 @@ fn steering_verbs_change_the_task_and_exit_codes_tell_why_not() {
     assert_eq!(world.status_of("t1").status, Some(TaskStatus::Running));
 
     // coordinate with data, under an existing session given by --as (left connected).
-    world
-        .block_on(
-            world
-                .client
-                .open_session("alice", SessionKind::Human, Capabilities::all()),
-        )
-        .unwrap();
+    world.human("alice");
     let out = stdout(
         &world
             .itc(&[
@@ -264,7 +267,8 @@ fn steering_verbs_change_the_task_and_exit_codes_tell_why_not() {
         .block_on(world.client.status(Default::default()))
         .unwrap()
         .sessions;
-    assert_eq!(sessions.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["alice"]);
+    let alice = sessions.iter().find(|s| s.id == "alice").unwrap();
+    assert_eq!(alice.generation, 1, "used as it was, not taken over");
 
     // sessions, as a table and as JSON.
     let table = stdout(&world.itc(&["sessions"]).success());
@@ -423,20 +427,79 @@ fn watch_prints_lines_or_json_lines_with_the_subscribe_filters() {
             "--count",
             "4",
         ])
+        .env_remove("ITC_ADDR")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    // Its lines arrive on a channel, so that every wait has a deadline.
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(DEADLINE).expect("the replayed TASK_STARTED");
     assert!(first.contains("TASK_STARTED"), "{first}");
     world.block_on(world.client.complete_task("a", json!("done"))).unwrap();
-    let mut rest = String::new();
-    lines.read_to_string(&mut rest).unwrap();
-    let last: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    let rest: Vec<String> = (0..3).map(|_| rx.recv_timeout(DEADLINE).expect("a line")).collect();
+    let last: Value = serde_json::from_str(&rest[2]).unwrap();
     assert_eq!(last["type"], "TASK_COMPLETED");
-    assert!(child.wait().unwrap().success());
+    let (done, exit) = mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait()));
+    assert!(
+        exit.recv_timeout(DEADLINE).unwrap().unwrap().success(),
+        "--count 4 ends it"
+    );
+}
+
+/// `--wait` is kept: a command the agent rejects exits 1 (after printing it); one that
+/// is not delivered within `--wait-timeout` exits 7.
+#[test]
+fn waiting_for_a_command_reports_what_became_of_it() {
+    let world = World::new();
+    let task_id = world.block_on(async {
+        let agent = world.client.agent("worker").connect().await.unwrap();
+        let mut task = agent.start_task("busy work").await.unwrap();
+        let mut commands = task.commands().unwrap();
+        let id = task.id().to_owned();
+        tokio::spawn(async move {
+            let _agent = agent; // keeps the session (and its heartbeats) alive
+            while let Some(command) = commands.recv().await {
+                task.reject(&command, "busy compiling").await.unwrap();
+            }
+        });
+        id
+    });
+    let assert = world
+        .itc(&[
+            "coordinate",
+            &task_id,
+            "query",
+            "--data",
+            r#"{"q": "ETA?"}"#,
+            "--wait",
+            "applied",
+            "--json",
+        ])
+        .code(1);
+    assert_eq!(json_of(&assert)["state"], "REJECTED");
+    let err = stderr(&assert);
+    assert!(
+        err.contains("the agent rejected command") && err.contains("busy compiling"),
+        "{err}"
+    );
+
+    world.start("nobody-connected", "orphan");
+    let assert = world
+        .itc(&["interrupt", "orphan", "--wait", "delivered", "--wait-timeout", "500ms"])
+        .code(7);
+    let err = stderr(&assert);
+    assert!(err.contains("is ADMITTED after 500ms, not yet DELIVERED"), "{err}");
+    assert!(stdout(&assert).starts_with("interrupted orphan: command "));
 }
 
 #[test]
@@ -536,13 +599,7 @@ fn the_live_view_redraws_in_a_terminal() {
     world
         .block_on(world.client.report_progress("build-1", 0.9, "linking"))
         .unwrap();
-    world
-        .block_on(
-            world
-                .client
-                .open_session("alice", SessionKind::Human, Capabilities::all()),
-        )
-        .unwrap();
+    world.human("alice");
     world
         .block_on(world.client.acquire_lock("alice", "build-1", None))
         .unwrap();
@@ -561,6 +618,9 @@ fn the_live_view_redraws_in_a_terminal() {
     let done = wait_for("build-1 COMPLETED", &|s| {
         s.lines().any(|l| l.starts_with("build-1") && l.contains("COMPLETED"))
     });
+    // Live tasks first: the finished one moved below the one still waiting.
+    let line_of = |id: &str| done.lines().position(|l| l.starts_with(id)).unwrap();
+    assert!(line_of("deploy-7") < line_of("build-1"), "{done}");
 
     // Ctrl-C: exit 0, the last frame stays.
     writer.write_all(b"\x03").unwrap();

@@ -13,72 +13,25 @@ server:
 Prints "python-check: N passed, 0 failed" on success; exits 1 on the first failure.
 """
 
-import argparse
 import sys
 import uuid
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from itc.v1 import agent_service_pb2, agent_service_pb2_grpc
 from itc.v1 import monitor_service_pb2, monitor_service_pb2_grpc
 from itc.v1 import types_pb2
+from itc_check_lib import CALL_TIMEOUT, as_python, channel, check, expect_error, main, struct, value
 
-CALL_TIMEOUT = 10.0  # seconds, the deadline of every call
-CONNECT_TIMEOUT = 10.0  # seconds to get a channel ready
 
 AGENT_ID = "py-agent"
 DESCRIPTION = "python polling check"
 RUNNING = types_pb2.TASK_STATUS_RUNNING
 COMPLETED = types_pb2.TASK_STATUS_COMPLETED
 
-PASSED = 0
-
-
-def check(condition, message):
-    """A plain assert that also counts the checks that passed."""
-    global PASSED
-    assert condition, message
-    PASSED += 1
-
 
 def status_name(value):
     return types_pb2.TaskStatus.Name(value)
-
-
-def struct(obj):
-    s = struct_pb2.Struct()
-    s.update(obj)
-    return s
-
-
-def as_python(message):
-    """A Struct or Value as plain Python data, for comparisons."""
-    return json_format.MessageToDict(message)
-
-
-def expect_error(code, what, call, *args, **kwargs):
-    """Runs call(*args, **kwargs) and checks that it fails with the gRPC status `code`."""
-    try:
-        response = call(*args, timeout=CALL_TIMEOUT, **kwargs)
-    except grpc.RpcError as err:
-        check(
-            err.code() == code,
-            f"{what}: wanted {code.name}, got {err.code().name}: {err.details()}",
-        )
-        print(f"ok - {what} fails with {code.name} ({err.details()})")
-        return
-    raise AssertionError(f"{what}: wanted {code.name}, but the call succeeded: {response}")
-
-
-def channel(address, role):
-    # A local subchannel pool keeps the agent's and the poller's connections apart.
-    ch = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-    try:
-        grpc.channel_ready_future(ch).result(timeout=CONNECT_TIMEOUT)
-    except grpc.FutureTimeoutError:
-        raise AssertionError(f"{role}: could not connect to {address} within {CONNECT_TIMEOUT}s")
-    return ch
 
 
 def find_task(tasks, task_id):
@@ -243,8 +196,7 @@ def run(address):
 
     # --- the agent completes the task --------------------------------------------------
     result_data = {"answer": 42.0, "ok": True, "notes": ["fast", "clean"]}
-    result = struct_pb2.Value()
-    result.struct_value.update(result_data)
+    result = value(result_data)
     done = agent.CompleteTask(
         agent_service_pb2.CompleteTaskRequest(task_id=task_id, result=result),
         timeout=CALL_TIMEOUT,
@@ -331,23 +283,5 @@ def run(address):
     poller_channel.close()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("address", help="the server's address, host:port (e.g. 127.0.0.1:50051)")
-    args = parser.parse_args()
-    try:
-        run(args.address)
-    except AssertionError as err:
-        print(f"FAIL - {err}", file=sys.stderr)
-        print(f"python-check: {PASSED} passed, 1 failed", file=sys.stderr)
-        return 1
-    except grpc.RpcError as err:
-        print(f"FAIL - unexpected gRPC error {err.code().name}: {err.details()}", file=sys.stderr)
-        print(f"python-check: {PASSED} passed, 1 failed", file=sys.stderr)
-        return 1
-    print(f"python-check: {PASSED} passed, 0 failed")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(run, __doc__))

@@ -21,7 +21,6 @@ server:
 Prints "python-check: N passed, 0 failed" on success; exits 1 on the first failure.
 """
 
-import argparse
 import queue
 import sys
 import threading
@@ -29,16 +28,15 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2
 
 from itc.v1 import agent_service_pb2, agent_service_pb2_grpc
 from itc.v1 import coordinator_service_pb2, coordinator_service_pb2_grpc
 from itc.v1 import monitor_service_pb2, monitor_service_pb2_grpc
 from itc.v1 import session_service_pb2, session_service_pb2_grpc
 from itc.v1 import types_pb2
+from itc_check_lib import CALL_TIMEOUT, as_python, channel, check, expect_error, main, struct, value
 
-CALL_TIMEOUT = 10.0  # seconds, the deadline of every unary call
-CONNECT_TIMEOUT = 10.0  # seconds to get a channel ready
 WAIT_TIMEOUT = 15.0  # seconds to wait for a pushed message or an event
 PING_INTERVAL = 1.0  # seconds between the agent's heartbeat pings
 
@@ -50,57 +48,9 @@ OTHER_COORDINATOR_ID = f"py-steer-other-{RUN}"
 T = types_pb2
 RUNNING = T.TASK_STATUS_RUNNING
 
-PASSED = 0
-
-
-def check(condition, message):
-    """A plain assert that also counts the checks that passed."""
-    global PASSED
-    assert condition, message
-    PASSED += 1
-
 
 def name(enum, value):
     return enum.Name(value)
-
-
-def struct(obj):
-    s = struct_pb2.Struct()
-    s.update(obj)
-    return s
-
-
-def value(obj):
-    v = struct_pb2.Value()
-    json_format.ParseDict(obj, v)
-    return v
-
-
-def as_python(message):
-    return json_format.MessageToDict(message)
-
-
-def channel(address, role):
-    ch = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-    try:
-        grpc.channel_ready_future(ch).result(timeout=CONNECT_TIMEOUT)
-    except grpc.FutureTimeoutError:
-        raise AssertionError(f"{role}: could not connect to {address} within {CONNECT_TIMEOUT}s")
-    return ch
-
-
-def expect_error(code, what, call, *args, **kwargs):
-    """Runs call(*args, **kwargs) and checks that it fails with the gRPC status `code`."""
-    try:
-        response = call(*args, timeout=CALL_TIMEOUT, **kwargs)
-    except grpc.RpcError as err:
-        check(
-            err.code() == code,
-            f"{what}: wanted {code.name}, got {err.code().name}: {err.details()}",
-        )
-        print(f"ok - {what} fails with {code.name} ({err.details()})")
-        return
-    raise AssertionError(f"{what}: wanted {code.name}, but the call succeeded: {response}")
 
 
 class Pump:
@@ -525,7 +475,17 @@ def run(address):
         AGENT_ID in by_id and COORDINATOR_ID in by_id,
         f"GetStatus sessions {sorted(by_id)} lack the agent or the coordinator",
     )
-    subscriptions = by_id[COORDINATOR_ID].subscriptions
+    # The stream cancelled before the resume goes away once the server sees the cancel:
+    # wait (bounded) until the live one is all that is listed.
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while True:
+        sessions_now = monitor.GetStatus(
+            monitor_service_pb2.GetStatusRequest(page_size=1), timeout=CALL_TIMEOUT
+        ).sessions
+        subscriptions = [s for s in sessions_now if s.session_id == COORDINATOR_ID][0].subscriptions
+        if len(subscriptions) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # no notification of a stream's end reaches a client
     check(
         len(subscriptions) == 1 and list(subscriptions[0].filter.agent_ids) == [AGENT_ID],
         f"the coordinator's subscriptions as listed: {subscriptions}",
@@ -554,19 +514,5 @@ def run(address):
     coord_ch.close()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("address", help="host:port of a running itc-server")
-    args = parser.parse_args()
-    try:
-        run(args.address)
-    except AssertionError as err:
-        print(f"FAIL - {err}", file=sys.stderr)
-        print(f"python-check: {PASSED} passed, 1 failed", file=sys.stderr)
-        return 1
-    print(f"python-check: {PASSED} passed, 0 failed")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(run, __doc__))
