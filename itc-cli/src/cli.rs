@@ -45,6 +45,10 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "ITC_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) connect_timeout: Duration,
 
+    /// The bearer token, when the server requires one (`--auth-tokens-file`).
+    #[arg(long, global = true, env = "ITC_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+
     /// Colours: auto (a terminal, unless NO_COLOR is set), always or never.
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto)]
     pub(crate) color: ColorWhen,

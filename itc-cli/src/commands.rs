@@ -91,11 +91,13 @@ fn uri(addr: &str) -> String {
 /// Connects, turning "nobody there" into a message that says what to do.
 async fn connect(cli: &Cli, request_timeout: Duration) -> Result<Client, CliError> {
     let uri = uri(&cli.addr);
-    let connected = Client::builder(uri.clone())
+    let mut builder = Client::builder(uri.clone())
         .with_connect_timeout(cli.connect_timeout)
-        .with_request_timeout(request_timeout)
-        .connect()
-        .await;
+        .with_request_timeout(request_timeout);
+    if let Some(token) = &cli.token {
+        builder = builder.with_auth_token(token);
+    }
+    let connected = builder.connect().await;
     match connected {
         Ok(client) => Ok(client),
         Err(itc_client::Error::Connect(e)) => Err(CliError::Unreachable {

@@ -104,6 +104,7 @@ fn itc() -> Command {
     command
         .env_remove("ITC_ADDR")
         .env_remove("ITC_AS")
+        .env_remove("ITC_TOKEN")
         .env("USER", "tester")
         .env("NO_COLOR", "1")
         .timeout(DEADLINE * 3);
@@ -642,4 +643,72 @@ fn the_live_view_redraws_in_a_terminal() {
     assert_eq!(last.lines().filter(|l| l.starts_with("ITC ")).count(), 1, "{last}");
     // The capture, for whoever reads the test log.
     println!("--- the live view, last frame ---\n{last}");
+}
+
+/// Against a server that requires tokens: none is exit 5 (not allowed), saying so; the
+/// right one (`--token` or `ITC_TOKEN`) works; acting as someone else is exit 5 too.
+#[test]
+fn tokens_are_sent_and_refusals_exit_5() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[principal]]\nid = \"alice\"\nroles = [\"coordinator\"]\ntoken_sha256 = \"{}\"\n",
+            itc_server::auth::token_sha256("alice-secret")
+        ),
+    )
+    .unwrap();
+    let settings = itc_server::config::Settings {
+        auth_tokens_file: Some(path),
+        ..common::memory()
+    };
+    let server = runtime.block_on(TestServer::start_with(settings));
+    let uri = server.uri();
+
+    let assert = itc().args(["--addr", &uri, "status"]).assert().code(5);
+    assert!(stderr(&assert).contains("no credentials"), "{}", stderr(&assert));
+    itc()
+        .args(["--addr", &uri, "--token", "alice-secret", "status"])
+        .assert()
+        .success();
+    itc()
+        .args(["--addr", &uri, "sessions"])
+        .env("ITC_TOKEN", "alice-secret")
+        .assert()
+        .success();
+    // The steering session is the principal's own id, or refused.
+    let assert = itc()
+        .args([
+            "--addr",
+            &uri,
+            "--token",
+            "alice-secret",
+            "--as",
+            "bob",
+            "interrupt",
+            "--all",
+        ])
+        .assert()
+        .code(5);
+    assert!(stderr(&assert).contains("acts only as itself"), "{}", stderr(&assert));
+    itc()
+        .args([
+            "--addr",
+            &uri,
+            "--token",
+            "alice-secret",
+            "--as",
+            "alice",
+            "interrupt",
+            "--all",
+        ])
+        .assert()
+        .success();
+    let _ = runtime.block_on(server.stop());
 }

@@ -99,6 +99,12 @@ pub struct Settings {
     /// Where Prometheus metrics are served (`GET /metrics`); `None` (the default): no
     /// metrics are recorded at all.
     pub metrics_listen: Option<SocketAddr>,
+    /// The tokens file (TOML: principals, roles, token hashes; see [`crate::auth`]).
+    /// Set: every call to the ITC services needs `authorization: Bearer <token>`.
+    /// Unset: no authentication, allowed only on a loopback `listen` unless `insecure`.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Accept listening beyond loopback without authentication.
+    pub insecure: bool,
 }
 
 impl Default for Settings {
@@ -130,6 +136,8 @@ impl Default for Settings {
             log_segment_bytes: 64 << 20,
             orphan_grace: Duration::from_secs(30),
             metrics_listen: None,
+            auth_tokens_file: None,
+            insecure: false,
         }
     }
 }
@@ -166,6 +174,8 @@ pub struct Overrides {
     pub log_segment_bytes: Option<i64>,
     pub orphan_grace: Option<Seconds>,
     pub metrics_listen: Option<SocketAddr>,
+    pub auth_tokens_file: Option<PathBuf>,
+    pub insecure: Option<bool>,
 }
 
 /// A duration as written in a config: a number of seconds (`0.5`, `3600`) or a
@@ -254,6 +264,8 @@ impl Overrides {
             log_segment_bytes,
             orphan_grace,
             metrics_listen,
+            auth_tokens_file,
+            insecure,
         )
     }
 
@@ -306,6 +318,8 @@ impl Overrides {
             log_segment_bytes: count(self.log_segment_bytes, "log_segment_bytes", d.log_segment_bytes)?,
             orphan_grace: dur(self.orphan_grace, "orphan_grace", d.orphan_grace)?,
             metrics_listen: self.metrics_listen.or(d.metrics_listen),
+            auth_tokens_file: self.auth_tokens_file.or(d.auth_tokens_file),
+            insecure: self.insecure.unwrap_or(d.insecure),
         };
         settings.validate()?;
         Ok(settings)
@@ -393,6 +407,17 @@ impl Settings {
                 format!("{metrics} is the gRPC address (listen): choose another port"),
             );
         }
+        if self.auth_tokens_file.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
+            return invalid(
+                "listen",
+                format!(
+                    "{} is not a loopback address, and authentication is off: anyone who can reach \
+                     it could act as any agent or coordinator. Give auth_tokens_file \
+                     (--auth-tokens-file), or insecure (--insecure) to accept that",
+                    self.listen
+                ),
+            );
+        }
         if self.max_payload_bytes > self.max_message_bytes {
             return invalid(
                 "max_payload_bytes",
@@ -440,9 +465,15 @@ impl fmt::Display for Settings {
         }
         writeln!(f, "orphan_grace = {}", d(self.orphan_grace))?;
         match self.metrics_listen {
-            Some(addr) => write!(f, "metrics_listen = {addr}"),
-            None => write!(f, "metrics_listen = off"),
+            Some(addr) => writeln!(f, "metrics_listen = {addr}")?,
+            None => writeln!(f, "metrics_listen = off")?,
         }
+        match &self.auth_tokens_file {
+            Some(path) => write!(f, "auth_tokens_file = {}", path.display())?,
+            None if self.insecure => write!(f, "auth = off (insecure)")?,
+            None => write!(f, "auth = off (loopback only)")?,
+        }
+        Ok(())
     }
 }
 

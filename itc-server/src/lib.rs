@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod error;
@@ -74,6 +75,18 @@ pub enum ServeError {
     /// Metrics could not be set up.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// The tokens file (`auth_tokens_file`) could not be used.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+}
+
+/// Aborts a background task when dropped (when `serve` returns, however it returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The fully-qualified names of the services ITC serves (as health and reflection see
@@ -191,6 +204,21 @@ async fn serve_all(
     core: Core,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    // Authentication: the tokens file, read now (a bad one stops the start), and again on
+    // every SIGHUP while serving.
+    let auth = match &settings.auth_tokens_file {
+        Some(path) => {
+            let auth = Arc::new(auth::Authenticator::load(path)?);
+            tracing::info!(path = %path.display(), "authentication on: bearer tokens from the tokens file");
+            Some(auth)
+        }
+        None => None,
+    };
+    #[cfg(unix)]
+    let _reloads = auth
+        .clone()
+        .map(|auth| AbortOnDrop(tokio::spawn(auth::reload_on_sighup(auth))));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     for name in SERVICE_NAMES {
@@ -264,6 +292,7 @@ async fn serve_all(
         // poll) cost about 7% of a Coordinate load's throughput (BENCHMARKS.md).
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(metrics::RpcLayer::new(core.metrics().clone()))
+        .layer(auth::AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -214,6 +214,15 @@ struct Args {
     /// Serve Prometheus metrics on this address, at `/metrics` [default: off].
     #[arg(long, env = "ITC_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Require a bearer token on every call, from this tokens file (principals, roles,
+    /// SHA-256 of each token; reloaded on SIGHUP) [default: off, loopback only].
+    #[arg(long, env = "ITC_AUTH_TOKENS_FILE", value_name = "FILE")]
+    auth_tokens_file: Option<PathBuf>,
+
+    /// Allow listening beyond loopback without authentication [default: false].
+    #[arg(long, env = "ITC_INSECURE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    insecure: Option<bool>,
 }
 
 impl Args {
@@ -245,6 +254,8 @@ impl Args {
             log_segment_bytes: self.log_segment_bytes,
             orphan_grace: self.orphan_grace.clone(),
             metrics_listen: self.metrics_listen,
+            auth_tokens_file: self.auth_tokens_file.clone(),
+            insecure: self.insecure,
         }
     }
 }
@@ -326,13 +337,17 @@ async fn run(settings: itc_server::config::Settings) -> ExitCode {
     }
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM handlers, installed before the server announces its
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP handlers, installed before the server announces its
 /// address so that a signal sent right after is never missed.
 struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    /// Held (never read) so that SIGHUP never takes the default action (exit): the server
+    /// reloads the tokens file on it (`itc_server::auth`), and ignores it otherwise.
+    #[cfg(unix)]
+    _hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -343,6 +358,7 @@ impl Signals {
             Ok(Self {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
+                _hangup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]

@@ -318,3 +318,98 @@ async fn unusable_data_dirs_are_refused_and_in_memory_writes_nothing() {
     assert_eq!(code, Some(0));
     assert_eq!(std::fs::read_dir(&cwd).expect("read dir").count(), 0, "no files");
 }
+
+/// Listening beyond loopback with authentication off refuses to start (exit 2), saying
+/// how to turn it on or to accept the risk.
+#[tokio::test]
+async fn a_non_loopback_listen_without_auth_refuses_to_start() {
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let (code, stderr) = run_to_end(server().args(["--listen", addr])).await;
+        assert_eq!(code, Some(2), "{addr}: {stderr}");
+        for needle in ["not a loopback address", "--auth-tokens-file", "--insecure"] {
+            assert!(stderr.contains(needle), "{addr}: {stderr}");
+        }
+    }
+}
+
+/// GetStatus with `authorization: Bearer <token>`: the status code.
+async fn status_code_with(addr: &str, token: &str) -> tonic::Code {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = itc_proto::v1::monitor_service_client::MonitorServiceClient::new(channel);
+    let mut request = tonic::Request::new(itc_proto::v1::GetStatusRequest::default());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    match client.get_status(request).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// The tokens file is read again on SIGHUP: new tokens work, removed ones stop working,
+/// and a broken file keeps the last good one.
+#[tokio::test]
+async fn the_tokens_file_reloads_on_sighup() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tokens.toml");
+    let write = |token: &str| {
+        let text = format!(
+            "[[principal]]\nid = \"sup\"\nroles = [\"coordinator\"]\ntoken_sha256 = \"{}\"\n",
+            itc_server::auth::token_sha256(token)
+        );
+        std::fs::write(&path, text).expect("write tokens");
+    };
+    write("first");
+    let (mut child, addr) = start(
+        server()
+            .arg("--auth-tokens-file")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    let mut log = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let mut wait_for = async |needle: &str| {
+        tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = log.next_line().await.expect("reads stderr") {
+                if line.contains(needle) {
+                    return;
+                }
+            }
+            panic!("stderr ended before {needle:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in the log before the deadline"));
+    };
+    let hangup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    let pid = child.id().expect("running");
+    assert_eq!(status_code_with(&addr, "first").await, tonic::Code::Ok);
+    assert_eq!(status_code_with(&addr, "second").await, tonic::Code::Unauthenticated);
+
+    write("second");
+    hangup(pid);
+    wait_for("tokens file reloaded").await;
+    assert_eq!(status_code_with(&addr, "second").await, tonic::Code::Ok);
+    assert_eq!(status_code_with(&addr, "first").await, tonic::Code::Unauthenticated);
+
+    std::fs::write(&path, "not toml [").expect("write");
+    hangup(pid);
+    wait_for("tokens file not reloaded").await;
+    assert_eq!(
+        status_code_with(&addr, "second").await,
+        tonic::Code::Ok,
+        "the last good file stays"
+    );
+
+    let (code, stderr) = signal_and_wait(child, "-TERM").await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

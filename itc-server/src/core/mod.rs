@@ -26,7 +26,7 @@ mod status;
 mod subscription;
 mod tasks;
 mod timers;
-mod validate;
+pub(crate) mod validate;
 
 pub use commands::{CommandWait, CoordinateRequest};
 pub use control::Interaction;

@@ -6,7 +6,9 @@ use itc_proto::v1 as pb;
 use itc_proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
+use super::authz::Caller;
 use super::convert::{self, optional};
+use crate::auth::Role;
 use crate::core::{CommandState, Core, InputTimeoutAction, NewInput, NewTask, Outcome, TaskError};
 use crate::error::CoreError;
 
@@ -29,6 +31,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::StartTaskRequest>,
     ) -> Result<Response<pb::StartTaskResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Agent, "start a task")?;
+        caller.acts_as("agent_id", &request.get_ref().agent_id)?;
         let req = request.into_inner();
         let new = NewTask {
             task_id: optional(req.task_id),
@@ -50,6 +55,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        Caller::of(&request).owns_task(&self.core, &request.get_ref().task_id)?;
         let req = request.into_inner();
         let ack = self
             .core
@@ -66,6 +72,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::PublishUpdateRequest>,
     ) -> Result<Response<pb::PublishUpdateResponse>, Status> {
+        Caller::of(&request).owns_task(&self.core, &request.get_ref().task_id)?;
         let req = request.into_inner();
         let data = convert::struct_field("data", req.data.as_ref())?.unwrap_or_default();
         let ack = self.core.publish_update(&req.task_id, data).await?;
@@ -80,6 +87,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        Caller::of(&request).owns_task(&self.core, &request.get_ref().task_id)?;
         let req = request.into_inner();
         let result = convert::value_field("result", req.result.as_ref())?;
         let task = self.core.finish_task(&req.task_id, Outcome::Completed(result)).await?;
@@ -89,6 +97,7 @@ impl AgentService for AgentApi {
     }
 
     async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        Caller::of(&request).owns_task(&self.core, &request.get_ref().task_id)?;
         let req = request.into_inner();
         let error = req
             .error
@@ -107,6 +116,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        Caller::of(&request).owns_task(&self.core, &request.get_ref().task_id)?;
         let req = request.into_inner();
         let task = self
             .core
@@ -121,6 +131,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RequestInputRequest>,
     ) -> Result<Response<pb::RequestInputResponse>, Status> {
+        Caller::of(&request).owns_task(&self.core, &request.get_ref().task_id)?;
         let req = request.into_inner();
         let timeout_action = match pb::InputTimeoutAction::try_from(req.timeout_action) {
             Ok(pb::InputTimeoutAction::Unspecified) => InputTimeoutAction::Expire,
@@ -154,6 +165,10 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AcknowledgeCommandRequest>,
     ) -> Result<Response<pb::AcknowledgeCommandResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Agent, "answer a command")?;
+        let command = self.core.command(&request.get_ref().command_id)?;
+        caller.owns_task(&self.core, &command.task_id)?;
         let req = request.into_inner();
         let outcome = match pb::CommandState::try_from(req.outcome) {
             Ok(pb::CommandState::Applied) => CommandState::Applied,

@@ -5,7 +5,9 @@ use itc_proto::v1 as pb;
 use itc_proto::v1::coordinator_service_server::CoordinatorService;
 use tonic::{Request, Response, Status};
 
+use super::authz::Caller;
 use super::convert::{self, optional};
+use crate::auth::Role;
 use crate::core::{CommandAction, CommandWait, CoordinateRequest, Core};
 use crate::error::CoreError;
 
@@ -51,6 +53,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::CoordinateRequest>,
     ) -> Result<Response<pb::CoordinateResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "coordinate tasks")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let req = request.into_inner();
         let request = CoordinateRequest {
             action: action(req.action)?,
@@ -73,10 +78,14 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::GetCommandRequest>,
     ) -> Result<Response<pb::GetCommandResponse>, Status> {
-        let command = self
-            .core
-            .durable(self.core.command(&request.get_ref().command_id)?)
-            .await?;
+        let command = self.core.command(&request.get_ref().command_id)?;
+        // Coordinators see every command; an agent, those of its own tasks.
+        let caller = Caller::of(&request);
+        if caller.only_agent().is_some() {
+            let task = self.core.task(&command.task_id)?;
+            caller.sees(&format!("command `{}`", command.id), &task.agent_id)?;
+        }
+        let command = self.core.durable(command).await?;
         Ok(Response::new(pb::GetCommandResponse {
             command: Some(convert::command(&command)),
         }))
@@ -86,6 +95,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::AcquireLockRequest>,
     ) -> Result<Response<pb::AcquireLockResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "lock tasks")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let req = request.into_inner();
         let lease = convert::duration_field("lease", req.lease.as_ref())?;
         let lock = self.core.acquire_lock(&req.task_id, &req.coordinator_id, lease).await?;
@@ -98,6 +110,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::RenewLockRequest>,
     ) -> Result<Response<pb::RenewLockResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "lock tasks")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let req = request.into_inner();
         let lease = convert::duration_field("lease", req.lease.as_ref())?;
         let lock = self
@@ -113,6 +128,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "lock tasks")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let req = request.into_inner();
         self.core
             .release_lock(&req.task_id, &req.coordinator_id, req.fencing_token)
@@ -124,6 +142,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::AnswerInputRequest>,
     ) -> Result<Response<pb::AnswerInputResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "answer input requests")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let req = request.into_inner();
         let answer = convert::value_field("answer", req.answer.as_ref())?
             .ok_or_else(|| CoreError::invalid("answer", "is required"))?;
@@ -140,6 +161,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::InterruptAllRequest>,
     ) -> Result<Response<pb::InterruptAllResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "interrupt tasks")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let req = request.into_inner();
         let task_ids = self
             .core
@@ -152,11 +176,22 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         request: Request<pb::ResumeAllRequest>,
     ) -> Result<Response<pb::ResumeAllResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(Role::Coordinator, "resume tasks")?;
+        caller.acts_as("coordinator_id", &request.get_ref().coordinator_id)?;
         let task_ids = self.core.resume_all(&request.get_ref().coordinator_id).await?;
         Ok(Response::new(pb::ResumeAllResponse { task_ids }))
     }
 
     async fn interact(&self, request: Request<pb::InteractRequest>) -> Result<Response<pb::InteractResponse>, Status> {
+        let caller = Caller::of(&request);
+        caller.needs(
+            Role::Coordinator,
+            "interact (it reports on every task and may stop them)",
+        )?;
+        if !request.get_ref().requestor_id.is_empty() {
+            caller.acts_as("requestor_id", &request.get_ref().requestor_id)?;
+        }
         let req = request.into_inner();
         let kind = match req.requestor_kind {
             0 => None,

@@ -3,6 +3,7 @@
 //! errors become statuses). No business logic lives here.
 
 mod agent;
+mod authz;
 pub(crate) mod convert;
 mod coordinator;
 mod monitor;

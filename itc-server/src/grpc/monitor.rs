@@ -9,6 +9,7 @@ use itc_proto::v1::monitor_service_server::MonitorService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::authz::Caller;
 use super::convert;
 use super::wire::{StatusWire, SubscribeWire};
 use crate::core::{Core, StreamItem};
@@ -31,7 +32,13 @@ impl MonitorApi {
 
     /// Subscribe: the subscription's items as stream messages.
     pub(crate) fn subscribe_wire(&self, request: Request<pb::SubscribeRequest>) -> Result<WireStream, Status> {
-        let request = convert::subscribe_request(request.into_inner())?;
+        let caller = Caller::of(&request);
+        let mut request = convert::subscribe_request(request.into_inner())?;
+        // An agent's stream carries its own tasks' events only (filters are ANDed).
+        caller.narrow_agents("filter.agent_ids", &mut request.filter.agent_ids)?;
+        if let Some(session_id) = &request.session_id {
+            caller.acts_as("session_id", session_id)?;
+        }
         let subscription = self.core.subscribe(request)?;
         tracing::debug!(subscription = subscription.id(), "subscribed");
         // The stream owns the subscription: when the client goes away tonic drops the
@@ -48,11 +55,17 @@ impl MonitorApi {
 
     /// GetStatus: one page of tasks with the statistics and sessions.
     pub(crate) async fn status_wire(&self, request: Request<pb::GetStatusRequest>) -> Result<StatusWire, Status> {
-        let query = convert::status_query(request.into_inner())?;
+        let caller = Caller::of(&request);
+        let mut query = convert::status_query(request.into_inner())?;
+        caller.narrow_agents("agent_ids", &mut query.agent_ids)?;
         let page = self.core.durable(self.core.status(&query)?).await?;
-        let sessions = self.core.sessions();
+        let mut sessions = self.core.sessions();
         let mut response = convert::status_page(page);
         response.rest.statistics.get_or_insert_default().connected_sessions = sessions.len() as u64;
+        // The counter counts every session; the list shows an agent its own.
+        if let Some(own) = caller.only_agent() {
+            sessions.retain(|s| s.info.id == own);
+        }
         response.rest.sessions = sessions.iter().map(convert::session_view).collect();
         Ok(response)
     }
@@ -90,17 +103,18 @@ impl MonitorService for MonitorApi {
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let task = self.core.durable(self.core.task(&request.get_ref().task_id)?).await?;
+        let task = self.core.task(&request.get_ref().task_id)?;
+        Caller::of(&request).sees(&format!("task `{}`", task.id), &task.agent_id)?;
+        let task = self.core.durable(task).await?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(convert::task(&task, SystemTime::now())),
         }))
     }
 
     async fn get_input(&self, request: Request<pb::GetInputRequest>) -> Result<Response<pb::GetInputResponse>, Status> {
-        let input = self
-            .core
-            .durable(self.core.input(&request.get_ref().request_id)?)
-            .await?;
+        let input = self.core.input(&request.get_ref().request_id)?;
+        Caller::of(&request).sees(&format!("input request `{}`", input.id), &input.agent_id)?;
+        let input = self.core.durable(input).await?;
         Ok(Response::new(pb::GetInputResponse {
             input: Some(convert::input(&input)),
         }))

@@ -8,6 +8,7 @@ use itc_proto::v1::session_service_server::SessionService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authz::Caller;
 use super::convert;
 use crate::core::{Capabilities, ConnectRequest, Core, Heartbeat, Notice, Push};
 use crate::error::CoreError;
@@ -30,6 +31,7 @@ impl SessionService for SessionApi {
     type HeartbeatStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
 
     async fn connect(&self, request: Request<pb::ConnectRequest>) -> Result<Response<pb::ConnectResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let caps = req.capabilities.unwrap_or_default();
         let request = ConnectRequest {
@@ -43,6 +45,7 @@ impl SessionService for SessionApi {
             },
             lease_ttl: convert::duration_field("lease_ttl", req.lease_ttl.as_ref())?,
         };
+        caller.may_connect(&request.session_id, request.kind)?;
         let (info, taken_over) = self.core.connect(request).await?;
         Ok(Response::new(pb::ConnectResponse {
             session: Some(convert::session(&info)),
@@ -54,6 +57,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        Caller::of(&request).acts_as("session_id", &request.get_ref().session_id)?;
         self.core.disconnect(&request.get_ref().session_id).await?;
         Ok(Response::new(pb::DisconnectResponse {}))
     }
@@ -62,6 +66,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let caller = Caller::of(&request);
         let mut inbound = request.into_inner();
         // The first ping names the session.
         let first = match inbound.next().await {
@@ -70,6 +75,8 @@ impl SessionService for SessionApi {
             None => return Err(CoreError::invalid("session_id", "send a first ping naming the session").into()),
         };
         // Check the first ping before opening: a faulty stream must not take over a good one.
+        // (Later pings must name the same session: checked as they come.)
+        caller.acts_as("session_id", &first.session_id)?;
         for id in &first.task_ids {
             crate::core::validate_id("task_ids", id)?;
         }
