@@ -6,7 +6,9 @@
 #     GetStatus and GetTask;
 #   - itc_steering_check.py: an agent on the Heartbeat stream and a coordinator that
 #     subscribes, resumes with after_seq, steers under a lock and answers input;
-# then the README's ```python example, exactly as written (but for the port).
+# then the README's ```python example, exactly as written (but for the port); then, on a
+# second server with TLS, required client certificates and a tokens file,
+# tests/python/itc_tls.py (certificates made at test time by scripts/lib/make_certs.py).
 #
 # Needs: scripts/install-tools.sh run once, and the server built
 # (cargo build -p itc-server). The binary is $ITC_SERVER_BIN, default
@@ -64,4 +66,22 @@ readme_example python env PYTHONPATH="$GEN" PYTHONDONTWRITEBYTECODE=1 "$PY"
 
 # --- shutdown: SIGTERM, exit 0 within a deadline -------------------------------------------
 shutdown_server
-echo "python-check: $PASSED passed, 0 failed (${#PROGRAMS[@]} programs and the README example)"
+
+# --- TLS, mTLS and a bearer token -----------------------------------------------------------
+log "making a throw-away PKI and a tokens file in $WORK"
+"$PY" "$ROOT/scripts/lib/make_certs.py" "$WORK/pki" || fail "scripts/lib/make_certs.py failed"
+TOKEN="py-tls-token-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+TOKEN_SHA256="$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)"
+printf '[[principal]]\nid = "py-tls-agent"\nroles = ["agent"]\ntoken_sha256 = "%s"\n' "$TOKEN_SHA256" >"$WORK/tokens.toml"
+SERVER_ARGS=(--tls-cert-file "$WORK/pki/server.pem" --tls-key-file "$WORK/pki/server.key"
+  --tls-client-ca-file "$WORK/pki/client-ca.pem" --auth-tokens-file "$WORK/tokens.toml")
+start_server
+log "TLS server listening on 127.0.0.1:$PORT"
+rc=0
+# (GRPC_VERBOSITY: the refused handshakes are expected; grpc-core would log each.)
+PYTHONPATH="$GEN:$ROOT/tests/python" PYTHONDONTWRITEBYTECODE=1 GRPC_VERBOSITY=NONE \
+  timeout "$RUN_DEADLINE" "$PY" "$ROOT/tests/python/itc_tls.py" "127.0.0.1:$PORT" "$WORK/pki" "$TOKEN" || rc=$?
+((rc == 0)) || fail "tests/python/itc_tls.py exited $rc"
+pass "tests/python/itc_tls.py: TLS, mTLS and a token from Python stubs"
+shutdown_server
+echo "python-check: $PASSED passed, 0 failed (${#PROGRAMS[@]} programs, the README example, TLS)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the shell and Python checks need, locally under .tools/ (gitignored):
 #   - buf (npm package @bufbuild/buf) in .tools/node_modules/.bin/buf
-#   - a Python venv in .tools/venv with grpcio, grpcio-tools and protobuf
+#   - a Python venv in .tools/venv with grpcio, grpcio-tools, protobuf and cryptography
 #   - the Node check's packages (@grpc/grpc-js, @grpc/proto-loader) in
 #     tests/node/node_modules, exactly as tests/node/package-lock.json pins them
 # Idempotent: a tool already present at the pinned version is left alone.
@@ -14,6 +14,7 @@ TOOLS="$ROOT/.tools"
 BUF_VERSION="1.75.0"
 GRPCIO_VERSION="1.85.1"
 GRPCIO_TOOLS_VERSION="1.85.1"
+CRYPTOGRAPHY_VERSION="50.0.2" # the TLS check makes its certificates with it
 PROTOBUF_VERSION="7.36.2" # grpcio-tools 1.85.1 wants protobuf >=7.35.1,<8; pinned for repeatable stubs
 
 log() { echo "install-tools: $*"; }
@@ -47,12 +48,12 @@ installed_versions() {
   "$py" - <<'PY' 2>/dev/null || true
 import importlib.metadata as m
 try:
-    print(m.version("grpcio"), m.version("grpcio-tools"), m.version("protobuf"))
+    print(m.version("grpcio"), m.version("grpcio-tools"), m.version("protobuf"), m.version("cryptography"))
 except m.PackageNotFoundError:
     pass
 PY
 }
-want="$GRPCIO_VERSION $GRPCIO_TOOLS_VERSION $PROTOBUF_VERSION"
+want="$GRPCIO_VERSION $GRPCIO_TOOLS_VERSION $PROTOBUF_VERSION $CRYPTOGRAPHY_VERSION"
 have=""
 if [[ -e "$venv" ]]; then
   if [[ -x "$py" ]] && "$py" -c '' 2>/dev/null; then
@@ -63,22 +64,23 @@ if [[ -e "$venv" ]]; then
   fi
 fi
 if [[ "$have" == "$want" ]]; then
-  log "venv already has grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION"
+  log "venv already has grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION, cryptography $CRYPTOGRAPHY_VERSION"
 else
   command -v python3 >/dev/null || { echo "install-tools: python3 not found" >&2; exit 1; }
   if [[ ! -x "$py" ]]; then
     log "creating Python venv in .tools/venv"
     python3 -m venv "$venv"
   fi
-  log "installing grpcio==$GRPCIO_VERSION grpcio-tools==$GRPCIO_TOOLS_VERSION protobuf==$PROTOBUF_VERSION into .tools/venv"
+  log "installing grpcio==$GRPCIO_VERSION grpcio-tools==$GRPCIO_TOOLS_VERSION protobuf==$PROTOBUF_VERSION cryptography==$CRYPTOGRAPHY_VERSION into .tools/venv"
   "$py" -m pip install --quiet --disable-pip-version-check --no-input \
-    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_TOOLS_VERSION" "protobuf==$PROTOBUF_VERSION"
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_TOOLS_VERSION" "protobuf==$PROTOBUF_VERSION" \
+    "cryptography==$CRYPTOGRAPHY_VERSION"
   have="$(installed_versions)"
   [[ "$have" == "$want" ]] || {
     echo "install-tools: venv reports '$have', wanted '$want'" >&2
     exit 1
   }
-  log "venv ready: grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION"
+  log "venv ready: grpcio $GRPCIO_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION, protobuf $PROTOBUF_VERSION, cryptography $CRYPTOGRAPHY_VERSION"
 fi
 
 # --- Node packages for the Node check ------------------------------------------------------

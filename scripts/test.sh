@@ -7,6 +7,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*"; }
+# A CI run builds everything once: incremental artefacts would only cost time and disk.
+if [[ "${CI:-}" == "true" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
 started=$SECONDS
 
 step "install tools (buf, Python grpcio, Node grpc-js)"

@@ -49,6 +49,31 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "ITC_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
 
+    /// TLS: trust this CA certificate (PEM) for the server's; turns TLS on (`https://`
+    /// addresses use TLS with the system's roots).
+    #[arg(long, global = true, env = "ITC_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<std::path::PathBuf>,
+
+    /// mTLS: present this client certificate chain (PEM), with --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "ITC_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<std::path::PathBuf>,
+
+    /// mTLS: the client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "ITC_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<std::path::PathBuf>,
+
     /// Colours: auto (a terminal, unless NO_COLOR is set), always or never.
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto)]
     pub(crate) color: ColorWhen,

@@ -20,6 +20,32 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the verb.
 pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
+    let addr = uri(&cli.addr, cli.ca_cert.is_some() || cli.client_cert.is_some());
+    verb(cli).await.map_err(|e| broken_connection(e, addr))
+}
+
+/// A call that failed because the connection broke under it, reported as unreachable
+/// with the innermost cause. tonic shows it as UNKNOWN "transport error", or as
+/// CANCELLED when the connection closed before the call was sent (the CLI cancels no
+/// call itself; its own timeout is CANCELLED "Timeout expired", already exit 6). A TLS
+/// server refusing the client's certificate after the handshake does either.
+fn broken_connection(error: CliError, addr: String) -> CliError {
+    match error {
+        CliError::Client(itc_client::Error::Status(status))
+            if (status.code() == itc_client::Code::Unknown && status.message() == "transport error")
+                || (status.code() == itc_client::Code::Cancelled && status.message() != "Timeout expired") =>
+        {
+            let reason = match std::error::Error::source(&status) {
+                Some(source) => root_cause(source),
+                None => format!("the connection closed before the call completed ({})", status.message()),
+            };
+            CliError::Unreachable { addr, reason }
+        }
+        other => other,
+    }
+}
+
+async fn verb(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Verb::Completions { shell } => {
             let mut command = Cli::command();
@@ -79,23 +105,36 @@ pub(crate) fn interrupted() -> Interrupted {
 /// What [`interrupted`] returns.
 pub(crate) type Interrupted = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
-/// `host:port` or a URI, as a URI.
-fn uri(addr: &str) -> String {
+/// `host:port` or a URI, as a URI (`https://` when TLS options are given).
+fn uri(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_owned()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
 }
 
+/// A PEM file named by a flag, or a usage error naming both.
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))
+}
+
 /// Connects, turning "nobody there" into a message that says what to do.
 async fn connect(cli: &Cli, request_timeout: Duration) -> Result<Client, CliError> {
-    let uri = uri(&cli.addr);
+    let uri = uri(&cli.addr, cli.ca_cert.is_some() || cli.client_cert.is_some());
     let mut builder = Client::builder(uri.clone())
         .with_connect_timeout(cli.connect_timeout)
         .with_request_timeout(request_timeout);
     if let Some(token) = &cli.token {
         builder = builder.with_auth_token(token);
+    }
+    if let Some(ca) = &cli.ca_cert {
+        builder = builder.with_ca_certificate(read_pem("--ca-cert", ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        builder = builder.with_client_identity(read_pem("--client-cert", cert)?, read_pem("--client-key", key)?);
     }
     let connected = builder.connect().await;
     match connected {

@@ -712,3 +712,88 @@ fn tokens_are_sent_and_refusals_exit_5() {
         .success();
     let _ = runtime.block_on(server.stop());
 }
+
+/// Over mTLS: `--ca-cert` with `--client-cert`/`--client-key` works (a `host:port` address
+/// then means https); without the client certificate the handshake fails, exit 6, and
+/// the message says what the server answered.
+#[test]
+fn tls_flags_reach_an_mtls_server() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        (pem, Issuer::new(params, key))
+    };
+    let sign = |issuer: &Issuer<'static, KeyPair>, names: &[&str]| {
+        let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        (params.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (server_ca, server_issuer) = ca("server CA");
+    let (client_ca, client_issuer) = ca("client CA");
+    let (server_cert, server_key) = sign(&server_issuer, &["127.0.0.1", "localhost"]);
+    let (client_cert, client_key) = sign(&client_issuer, &["alice"]);
+    let settings = itc_server::config::Settings {
+        tls_cert_file: Some(file("server.pem", &server_cert)),
+        tls_key_file: Some(file("server.key", &server_key)),
+        tls_client_ca_file: Some(file("client-ca.pem", &client_ca)),
+        ..common::memory()
+    };
+    let ca_pem = file("ca.pem", &server_ca);
+    let (cert_pem, key_pem) = (file("client.pem", &client_cert), file("client.key", &client_key));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(TestServer::start_with(settings));
+    let addr = server.addr.to_string();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+
+    let out = stdout(
+        &itc()
+            .args(["--addr", &addr, "--ca-cert", &path(&ca_pem)])
+            .args([
+                "--client-cert",
+                &path(&cert_pem),
+                "--client-key",
+                &path(&key_pem),
+                "status",
+            ])
+            .assert()
+            .success(),
+    );
+    assert!(out.contains("IDLE"), "{out}");
+    let assert = itc()
+        .args([
+            "--addr",
+            &addr,
+            "--ca-cert",
+            &path(&ca_pem),
+            "--connect-timeout",
+            "5s",
+            "status",
+        ])
+        .assert()
+        .code(6);
+    assert!(
+        stderr(&assert).contains(&format!("https://{addr}")),
+        "{}",
+        stderr(&assert)
+    );
+    // A client certificate needs its key.
+    itc()
+        .args(["--addr", &addr, "--client-cert", &path(&cert_pem), "status"])
+        .assert()
+        .code(2);
+    let _ = runtime.block_on(server.stop());
+}

@@ -97,6 +97,18 @@ pub struct ClientBuilder {
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
     token: Option<String>,
+    tls: Option<Tls>,
+}
+
+/// TLS options of a [`ClientBuilder`].
+#[derive(Debug, Clone, Default)]
+struct Tls {
+    /// PEM CA certificates the server's chain must lead to; none: the system's roots.
+    ca: Vec<Vec<u8>>,
+    /// PEM certificate chain and key, for servers that require client certificates.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry; default: the URI's host.
+    domain: Option<String>,
 }
 
 impl ClientBuilder {
@@ -108,7 +120,58 @@ impl ClientBuilder {
             request_timeout: None,
             retry: RetryPolicy::default(),
             token: None,
+            tls: None,
         }
+    }
+
+    /// Trust this CA certificate (PEM) for the server's certificate, instead of the
+    /// system's roots; turns TLS on. `https://` URIs use TLS with the system's roots
+    /// by default.
+    #[must_use]
+    pub fn with_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_default().ca.push(pem.into());
+        self
+    }
+
+    /// Present this client certificate chain and private key (both PEM), for servers that
+    /// require client certificates (mTLS); turns TLS on.
+    #[must_use]
+    pub fn with_client_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_default().identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Check the server's certificate for this name instead of the URI's host; turns TLS
+    /// on.
+    #[must_use]
+    pub fn with_tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls.get_or_insert_default().domain = Some(domain.into());
+        self
+    }
+
+    /// The TLS configuration of both endpoints: the options given, or the system's roots
+    /// for an `https://` URI; `None`: plaintext.
+    fn tls_config(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let tls = match &self.tls {
+            Some(tls) => tls.clone(),
+            None if self.uri.starts_with("https://") => Tls::default(),
+            None => return None,
+        };
+        let mut config = ClientTlsConfig::new();
+        if tls.ca.is_empty() {
+            config = config.with_native_roots();
+        }
+        for pem in tls.ca {
+            config = config.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let Some((cert, key)) = tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = tls.domain {
+            config = config.domain_name(domain);
+        }
+        Some(config)
     }
 
     /// A bearer token sent with every call (`authorization: Bearer <token>`), for servers
@@ -153,6 +216,10 @@ impl ClientBuilder {
         if let Some(timeout) = self.request_timeout {
             endpoint = endpoint.timeout(timeout);
         }
+        let tls = self.tls_config();
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
         let auth = match &self.token {
             None => Auth::default(),
             Some(token) => Auth(Some(format!("Bearer {token}").parse().map_err(|_| {
@@ -165,7 +232,7 @@ impl ClientBuilder {
         // Subscriptions get their own connection (an unread stream must not hold up the
         // others through HTTP/2's per-connection flow control), without the request
         // timeout, which would cut them.
-        let streams = Endpoint::from_shared(self.uri.clone())
+        let mut streams = Endpoint::from_shared(self.uri.clone())
             .map_err(|e| Error::InvalidUri {
                 uri: self.uri.clone(),
                 reason: e.to_string(),
@@ -173,6 +240,9 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            streams = streams.tls_config(tls)?;
+        }
         let channel = endpoint.connect().await?;
         let mut client = Client::from_channel(channel);
         client.retry = self.retry;

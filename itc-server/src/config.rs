@@ -105,6 +105,13 @@ pub struct Settings {
     pub auth_tokens_file: Option<PathBuf>,
     /// Accept listening beyond loopback without authentication.
     pub insecure: bool,
+    /// TLS: the server's certificate chain (PEM). With `tls_key_file`, calls need TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS: the server's private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// mTLS: the CA (PEM) client certificates must chain to; set, every client must
+    /// present one.
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -138,6 +145,9 @@ impl Default for Settings {
             metrics_listen: None,
             auth_tokens_file: None,
             insecure: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -176,6 +186,9 @@ pub struct Overrides {
     pub metrics_listen: Option<SocketAddr>,
     pub auth_tokens_file: Option<PathBuf>,
     pub insecure: Option<bool>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 /// A duration as written in a config: a number of seconds (`0.5`, `3600`) or a
@@ -266,6 +279,9 @@ impl Overrides {
             metrics_listen,
             auth_tokens_file,
             insecure,
+            tls_cert_file,
+            tls_key_file,
+            tls_client_ca_file,
         )
     }
 
@@ -320,6 +336,9 @@ impl Overrides {
             metrics_listen: self.metrics_listen.or(d.metrics_listen),
             auth_tokens_file: self.auth_tokens_file.or(d.auth_tokens_file),
             insecure: self.insecure.unwrap_or(d.insecure),
+            tls_cert_file: self.tls_cert_file.or(d.tls_cert_file),
+            tls_key_file: self.tls_key_file.or(d.tls_key_file),
+            tls_client_ca_file: self.tls_client_ca_file.or(d.tls_client_ca_file),
         };
         settings.validate()?;
         Ok(settings)
@@ -407,6 +426,17 @@ impl Settings {
                 format!("{metrics} is the gRPC address (listen): choose another port"),
             );
         }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => return invalid("tls_key_file", "is needed with tls_cert_file".into()),
+            (None, Some(_)) => return invalid("tls_cert_file", "is needed with tls_key_file".into()),
+            _ => {}
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return invalid(
+                "tls_client_ca_file",
+                "client certificates (mTLS) need TLS: give tls_cert_file and tls_key_file".into(),
+            );
+        }
         if self.auth_tokens_file.is_none() && !self.insecure && !self.listen.ip().is_loopback() {
             return invalid(
                 "listen",
@@ -472,6 +502,16 @@ impl fmt::Display for Settings {
             Some(path) => write!(f, "auth_tokens_file = {}", path.display())?,
             None if self.insecure => write!(f, "auth = off (insecure)")?,
             None => write!(f, "auth = off (loopback only)")?,
+        }
+        match (&self.tls_cert_file, &self.tls_client_ca_file) {
+            (Some(cert), Some(ca)) => write!(
+                f,
+                "\ntls = on ({}), client certificates required ({})",
+                cert.display(),
+                ca.display()
+            )?,
+            (Some(cert), None) => write!(f, "\ntls = on ({})", cert.display())?,
+            _ => write!(f, "\ntls = off")?,
         }
         Ok(())
     }

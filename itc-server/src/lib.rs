@@ -75,9 +75,52 @@ pub enum ServeError {
     /// Metrics could not be set up.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// A TLS file could not be read, or the TLS configuration not built.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Tls {
+        /// The setting whose file failed.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The tokens file (`auth_tokens_file`) could not be used.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's TLS configuration, when `tls_cert_file` is set: its identity, and with
+/// `tls_client_ca_file` the CA every client certificate must chain to (mTLS, required).
+fn tls_config(settings: &Settings) -> Result<Option<tonic::transport::ServerTlsConfig>, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) else {
+        return Ok(None);
+    };
+    let read = |setting: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| ServeError::Tls {
+            setting,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read("tls_cert_file", cert)?,
+            read("tls_key_file", key)?,
+        ))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &settings.tls_client_ca_file {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read("tls_client_ca_file", ca)?))
+            .client_auth_optional(false);
+    }
+    tracing::info!(
+        cert = %cert.display(),
+        client_certificates = settings.tls_client_ca_file.is_some(),
+        "TLS on"
+    );
+    Ok(Some(tls))
 }
 
 /// Aborts a background task when dropped (when `serve` returns, however it returns).
@@ -284,7 +327,14 @@ async fn serve_all(
         let _ = drained_tx.send(());
     };
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&settings)? {
+        builder = builder.tls_config(tls).map_err(|e| ServeError::Tls {
+            setting: "tls_cert_file",
+            reason: e.to_string(),
+        })?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // One span per call, at DEBUG as tower-http's TraceLayer does: at INFO, with no

@@ -220,6 +220,18 @@ struct Args {
     #[arg(long, env = "ITC_AUTH_TOKENS_FILE", value_name = "FILE")]
     auth_tokens_file: Option<PathBuf>,
 
+    /// Serve TLS with this certificate chain (PEM) and `--tls-key-file` [default: off].
+    #[arg(long, env = "ITC_TLS_CERT_FILE", value_name = "FILE")]
+    tls_cert_file: Option<PathBuf>,
+
+    /// The TLS private key (PEM).
+    #[arg(long, env = "ITC_TLS_KEY_FILE", value_name = "FILE")]
+    tls_key_file: Option<PathBuf>,
+
+    /// Require client certificates (mTLS) that chain to this CA (PEM) [default: off].
+    #[arg(long, env = "ITC_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    tls_client_ca_file: Option<PathBuf>,
+
     /// Allow listening beyond loopback without authentication [default: false].
     #[arg(long, env = "ITC_INSECURE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     insecure: Option<bool>,
@@ -256,6 +268,9 @@ impl Args {
             metrics_listen: self.metrics_listen,
             auth_tokens_file: self.auth_tokens_file.clone(),
             insecure: self.insecure,
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            tls_client_ca_file: self.tls_client_ca_file.clone(),
         }
     }
 }

@@ -49,6 +49,7 @@ start_server() {
   # Its stdout goes to a fifo we hold open read-write (so neither side blocks on open and
   # the server never gets SIGPIPE); its first line tells the port.
   local fifo="$WORK/stdout.fifo"
+  rm -f "$fifo" # a server started before in the same check
   mkfifo "$fifo"
   exec 3<>"$fifo"
   local args=(--listen 127.0.0.1:0 --data-dir "$WORK/data" ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"})

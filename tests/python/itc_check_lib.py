@@ -21,6 +21,11 @@ def check(condition, message):
     _passed += 1
 
 
+def passed():
+    """How many checks passed so far."""
+    return _passed
+
+
 def struct(obj):
     """A dict as a protobuf Struct."""
     s = struct_pb2.Struct()
