@@ -68,6 +68,16 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Deepest nesting of a structured payload (objects and arrays).
+    pub max_payload_depth: usize,
+    /// Longest filter list (task ids, agent ids, event types, statuses) in Subscribe or GetStatus.
+    pub max_filter_entries: usize,
+    /// Subscribe streams open at once under one session.
+    pub max_subscriptions_per_session: usize,
+    /// Open input requests on one task.
+    pub max_open_inputs_per_task: usize,
+    /// Calls per second by one authenticated principal (a token bucket holding a second's worth); off without authentication.
+    pub max_requests_per_second: u32,
     /// Finished tasks kept queryable; the oldest finished beyond this are forgotten.
     pub max_finished_tasks: usize,
     /// Events retained in the log, by count.
@@ -129,6 +139,11 @@ impl Default for Settings {
             stall_timeout: Duration::from_secs(300),
             max_payload_bytes: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
+            max_payload_depth: 32,
+            max_filter_entries: 1000,
+            max_subscriptions_per_session: 64,
+            max_open_inputs_per_task: 16,
+            max_requests_per_second: 1000,
             max_finished_tasks: 10_000,
             event_retention_count: 1_000_000,
             event_retention_age: Duration::from_secs(24 * 3600),
@@ -170,6 +185,11 @@ pub struct Overrides {
     pub stall_timeout: Option<Seconds>,
     pub max_payload_bytes: Option<i64>,
     pub max_message_bytes: Option<i64>,
+    pub max_payload_depth: Option<i64>,
+    pub max_filter_entries: Option<i64>,
+    pub max_subscriptions_per_session: Option<i64>,
+    pub max_open_inputs_per_task: Option<i64>,
+    pub max_requests_per_second: Option<i64>,
     pub max_finished_tasks: Option<i64>,
     pub event_retention_count: Option<i64>,
     pub event_retention_age: Option<Seconds>,
@@ -263,6 +283,11 @@ impl Overrides {
             stall_timeout,
             max_payload_bytes,
             max_message_bytes,
+            max_payload_depth,
+            max_filter_entries,
+            max_subscriptions_per_session,
+            max_open_inputs_per_task,
+            max_requests_per_second,
             max_finished_tasks,
             event_retention_count,
             event_retention_age,
@@ -316,6 +341,23 @@ impl Overrides {
             stall_timeout: dur(self.stall_timeout, "stall_timeout", d.stall_timeout)?,
             max_payload_bytes: count(self.max_payload_bytes, "max_payload_bytes", d.max_payload_bytes)?,
             max_message_bytes: count(self.max_message_bytes, "max_message_bytes", d.max_message_bytes)?,
+            max_payload_depth: count(self.max_payload_depth, "max_payload_depth", d.max_payload_depth)?,
+            max_filter_entries: count(self.max_filter_entries, "max_filter_entries", d.max_filter_entries)?,
+            max_subscriptions_per_session: count(
+                self.max_subscriptions_per_session,
+                "max_subscriptions_per_session",
+                d.max_subscriptions_per_session,
+            )?,
+            max_open_inputs_per_task: count(
+                self.max_open_inputs_per_task,
+                "max_open_inputs_per_task",
+                d.max_open_inputs_per_task,
+            )?,
+            max_requests_per_second: count(
+                self.max_requests_per_second,
+                "max_requests_per_second",
+                d.max_requests_per_second,
+            )?,
             max_finished_tasks: count(self.max_finished_tasks, "max_finished_tasks", d.max_finished_tasks)?,
             event_retention_count: count(
                 self.event_retention_count,
@@ -478,6 +520,15 @@ impl fmt::Display for Settings {
         writeln!(f, "stall_timeout = {}", d(self.stall_timeout))?;
         writeln!(f, "max_payload_bytes = {}", self.max_payload_bytes)?;
         writeln!(f, "max_message_bytes = {}", self.max_message_bytes)?;
+        writeln!(f, "max_payload_depth = {}", self.max_payload_depth)?;
+        writeln!(f, "max_filter_entries = {}", self.max_filter_entries)?;
+        writeln!(
+            f,
+            "max_subscriptions_per_session = {}",
+            self.max_subscriptions_per_session
+        )?;
+        writeln!(f, "max_open_inputs_per_task = {}", self.max_open_inputs_per_task)?;
+        writeln!(f, "max_requests_per_second = {}", self.max_requests_per_second)?;
         writeln!(f, "max_finished_tasks = {}", self.max_finished_tasks)?;
         writeln!(f, "event_retention_count = {}", self.event_retention_count)?;
         writeln!(f, "event_retention_age = {}", d(self.event_retention_age))?;

@@ -59,6 +59,16 @@ pub enum CoreError {
     /// A limit was reached (sessions, open input requests…).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A limit against abuse was passed: its own reason code, and the setting that sets it.
+    #[error("{message}")]
+    LimitExceeded {
+        /// Which limit.
+        limit: Limit,
+        /// The request field it concerns, if one does.
+        field: Option<String>,
+        /// What happened, naming the setting.
+        message: String,
+    },
     /// The caller may not do this (a capability it did not declare…).
     #[error("{0}")]
     PermissionDenied(String),
@@ -98,6 +108,59 @@ impl CoreError {
         CoreError::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+/// The limits against abuse. Each is a setting with a safe default and answers its own
+/// reason code (`google.rpc.ErrorInfo.reason`, domain `itc.v1`) with a gRPC status
+/// (INVALID_ARGUMENT for a request's own content, RESOURCE_EXHAUSTED otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A structured payload larger than `max_payload_bytes`.
+    PayloadBytes,
+    /// A structured payload nested deeper than `max_payload_depth`.
+    PayloadDepth,
+    /// A filter list longer than `max_filter_entries`.
+    FilterEntries,
+    /// More Subscribe streams under one session than `max_subscriptions_per_session`.
+    SubscriptionsPerSession,
+    /// More open input requests on one task than `max_open_inputs_per_task`.
+    OpenInputsPerTask,
+    /// More calls per second by one principal than `max_requests_per_second`.
+    RequestRate,
+    /// More coordinator or agent sessions than `max_concurrent_*`.
+    Sessions,
+}
+
+impl Limit {
+    /// The reason code (`ErrorInfo.reason`).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Limit::PayloadBytes => "PAYLOAD_TOO_LARGE",
+            Limit::PayloadDepth => "PAYLOAD_TOO_DEEP",
+            Limit::FilterEntries => "FILTER_TOO_LONG",
+            Limit::SubscriptionsPerSession => "TOO_MANY_SUBSCRIPTIONS",
+            Limit::OpenInputsPerTask => "TOO_MANY_OPEN_INPUTS",
+            Limit::RequestRate => "RATE_LIMITED",
+            Limit::Sessions => "TOO_MANY_SESSIONS",
+        }
+    }
+
+    /// Whether the request itself is at fault (INVALID_ARGUMENT), rather than a quota
+    /// (RESOURCE_EXHAUSTED).
+    pub fn is_request_content(self) -> bool {
+        matches!(self, Limit::PayloadBytes | Limit::PayloadDepth | Limit::FilterEntries)
+    }
+}
+
+impl CoreError {
+    /// A [`CoreError::LimitExceeded`].
+    pub fn limit(limit: Limit, field: Option<&str>, message: impl Into<String>) -> Self {
+        CoreError::LimitExceeded {
+            limit,
+            field: field.map(str::to_owned),
+            message: message.into(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+mod ratelimit;
 pub mod store;
 
 use config::Settings;
@@ -257,6 +258,10 @@ async fn serve_all(
         }
         None => None,
     };
+    // The request rate of each principal (there are none without authentication).
+    let rate = auth
+        .as_ref()
+        .map(|_| Arc::new(ratelimit::RateLimiter::new(settings.max_requests_per_second)));
     #[cfg(unix)]
     let _reloads = auth
         .clone()
@@ -343,6 +348,7 @@ async fn serve_all(
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(metrics::RpcLayer::new(core.metrics().clone()))
         .layer(auth::AuthLayer::new(auth))
+        .layer(ratelimit::RateLayer::new(rate))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

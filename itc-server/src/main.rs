@@ -120,6 +120,26 @@ struct Args {
     )]
     max_message_bytes: Option<i64>,
 
+    /// Deepest nesting of a structured payload [default: 32].
+    #[arg(long, env = "ITC_MAX_PAYLOAD_DEPTH", value_name = "N")]
+    max_payload_depth: Option<i64>,
+
+    /// Longest filter list in Subscribe or GetStatus [default: 1000].
+    #[arg(long, env = "ITC_MAX_FILTER_ENTRIES", value_name = "N")]
+    max_filter_entries: Option<i64>,
+
+    /// Subscribe streams open at once under one session [default: 64].
+    #[arg(long, env = "ITC_MAX_SUBSCRIPTIONS_PER_SESSION", value_name = "N")]
+    max_subscriptions_per_session: Option<i64>,
+
+    /// Open input requests on one task [default: 16].
+    #[arg(long, env = "ITC_MAX_OPEN_INPUTS_PER_TASK", value_name = "N")]
+    max_open_inputs_per_task: Option<i64>,
+
+    /// Calls per second by one authenticated principal [default: 1000].
+    #[arg(long, env = "ITC_MAX_REQUESTS_PER_SECOND", value_name = "N")]
+    max_requests_per_second: Option<i64>,
+
     /// Finished tasks kept queryable [default: 10000].
     #[arg(
         long,
@@ -252,6 +272,11 @@ impl Args {
             stall_timeout: self.stall_timeout.clone(),
             max_payload_bytes: self.max_payload_bytes,
             max_message_bytes: self.max_message_bytes,
+            max_payload_depth: self.max_payload_depth,
+            max_filter_entries: self.max_filter_entries,
+            max_subscriptions_per_session: self.max_subscriptions_per_session,
+            max_open_inputs_per_task: self.max_open_inputs_per_task,
+            max_requests_per_second: self.max_requests_per_second,
             max_finished_tasks: self.max_finished_tasks,
             event_retention_count: self.event_retention_count,
             event_retention_age: self.event_retention_age.clone(),

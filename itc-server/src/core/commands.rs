@@ -67,7 +67,7 @@ impl Core {
         }
         validate::id("task_id", &request.task_id)?;
         validate::id("coordinator_id", &request.coordinator_id)?;
-        validate::payload("data", request.data.as_ref(), config.max_payload_bytes)?;
+        validate::payload("data", request.data.as_ref(), config.payloads())?;
         if let Some(key) = &request.idempotency_key {
             validate::id("idempotency_key", key)?;
         }
@@ -182,7 +182,7 @@ impl Core {
             ));
         }
         validate::text("reason", reason.as_deref().unwrap_or(""))?;
-        validate::value("result", result.as_ref(), self.inner.config.max_payload_bytes)?;
+        validate::value("result", result.as_ref(), self.inner.config.payloads())?;
         self.write(|state, tx| {
             let Some(task_id) = state.command_index.get(command_id).cloned() else {
                 return Err(match state.closed_commands.get(command_id) {

@@ -15,7 +15,6 @@ use super::{Core, State, Tx, validate};
 use crate::error::CoreError;
 
 /// Open input requests one task may have.
-pub(crate) const MAX_OPEN_INPUTS_PER_TASK: usize = 16;
 /// Choices one request may offer.
 const MAX_CHOICES: usize = 100;
 /// Closed requests kept for GetInput.
@@ -45,7 +44,8 @@ pub struct NewInput {
 impl Core {
     /// Opens an input request; the task becomes INPUT_REQUIRED.
     pub async fn request_input(&self, new: NewInput) -> Result<InputRequest, CoreError> {
-        let max = self.inner.config.max_payload_bytes;
+        let max = self.inner.config.payloads();
+        let max_open = self.inner.config.max_open_inputs_per_task;
         validate::id("task_id", &new.task_id)?;
         validate::required_text("prompt", &new.prompt)?;
         validate::payload("schema", new.schema.as_ref(), max)?;
@@ -84,11 +84,16 @@ impl Core {
                     to: TaskStatus::InputRequired,
                 });
             }
-            if task.open_inputs.len() >= MAX_OPEN_INPUTS_PER_TASK {
-                return Err(CoreError::ResourceExhausted(format!(
-                    "task `{}` already has {MAX_OPEN_INPUTS_PER_TASK} open input requests",
-                    new.task_id
-                )));
+            if task.open_inputs.len() >= max_open {
+                return Err(CoreError::limit(
+                    crate::error::Limit::OpenInputsPerTask,
+                    None,
+                    format!(
+                        "task `{}` already has {max_open} open input requests, the limit \
+                         (max_open_inputs_per_task); answer or cancel one first",
+                        new.task_id
+                    ),
+                ));
             }
             let now = tx.time;
             let input = InputRequest {
@@ -138,7 +143,7 @@ impl Core {
     ) -> Result<InputRequest, CoreError> {
         validate::id("request_id", request_id)?;
         validate::id("coordinator_id", coordinator_id)?;
-        validate::value("answer", Some(&answer), self.inner.config.max_payload_bytes)?;
+        validate::value("answer", Some(&answer), self.inner.config.payloads())?;
         self.write(|state, tx| {
             let Some(task_id) = state.input_index.get(request_id).cloned() else {
                 return Err(match state.closed_inputs.get(request_id) {

@@ -49,6 +49,14 @@ pub(crate) use validate::id as validate_id;
 pub struct CoreConfig {
     /// Largest structured payload, in JSON bytes.
     pub max_payload_bytes: usize,
+    /// Deepest nesting of a structured payload.
+    pub max_payload_depth: usize,
+    /// Longest filter list.
+    pub max_filter_entries: usize,
+    /// Subscribe streams under one session.
+    pub max_subscriptions_per_session: usize,
+    /// Open input requests on one task.
+    pub max_open_inputs_per_task: usize,
     /// Stall timeout of tasks that do not set one.
     pub default_stall_timeout: Duration,
     /// Finished tasks kept queryable.
@@ -85,10 +93,22 @@ impl Default for CoreConfig {
 }
 
 impl CoreConfig {
+    /// The limits a structured payload must keep.
+    pub(crate) fn payloads(&self) -> validate::PayloadLimits {
+        validate::PayloadLimits {
+            bytes: self.max_payload_bytes,
+            depth: self.max_payload_depth,
+        }
+    }
+
     /// The core's part of the server settings.
     pub fn from_settings(s: &crate::config::Settings) -> Self {
         Self {
             max_payload_bytes: s.max_payload_bytes,
+            max_payload_depth: s.max_payload_depth,
+            max_filter_entries: s.max_filter_entries,
+            max_subscriptions_per_session: s.max_subscriptions_per_session,
+            max_open_inputs_per_task: s.max_open_inputs_per_task,
             default_stall_timeout: s.stall_timeout,
             max_finished_tasks: s.max_finished_tasks,
             enable_streaming: s.enable_streaming,

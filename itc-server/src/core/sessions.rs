@@ -241,9 +241,11 @@ impl Core {
                     } else {
                         "max_concurrent_agents"
                     };
-                    return Err(CoreError::ResourceExhausted(format!(
-                        "{count} {what} sessions are connected, the limit ({setting}); disconnect one first"
-                    )));
+                    return Err(CoreError::limit(
+                        crate::error::Limit::Sessions,
+                        None,
+                        format!("{count} {what} sessions are connected, the limit ({setting}); disconnect one first"),
+                    ));
                 }
             }
             let info = match state.sessions.get_mut(&id) {

@@ -67,6 +67,9 @@ pub struct StatusPage {
 impl Core {
     /// Tasks matching a query, one page, with the statistics.
     pub fn status(&self, query: &StatusQuery) -> Result<StatusPage, CoreError> {
+        let max_entries = self.inner.config.max_filter_entries;
+        validate::entries("agent_ids", query.agent_ids.len(), max_entries)?;
+        validate::entries("statuses", query.statuses.len(), max_entries)?;
         for agent in &query.agent_ids {
             validate::id("agent_ids", agent)?;
         }

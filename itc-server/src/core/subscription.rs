@@ -150,7 +150,7 @@ impl Core {
         if !config.enable_streaming {
             return Err(CoreError::StreamingDisabled);
         }
-        super::validate::filter(&request.filter)?;
+        super::validate::filter(&request.filter, config.max_filter_entries)?;
         let matcher = super::hub::Matcher::new(request.filter.clone());
         let hub = &self.inner.hub;
         let oldest = self.inner.store.oldest_seq();
@@ -158,6 +158,19 @@ impl Core {
         let mut state = self.state();
         if let Some(session) = &request.session_id {
             state.session_for(session, Some(super::sessions::Capability::Streaming))?;
+            let open = state.sessions.get(session).map_or(0, |entry| {
+                entry.subscriptions.iter().filter(|w| w.strong_count() > 0).count()
+            });
+            if open >= config.max_subscriptions_per_session {
+                return Err(CoreError::limit(
+                    crate::error::Limit::SubscriptionsPerSession,
+                    None,
+                    format!(
+                        "session `{session}` has {open} Subscribe streams open, the limit \
+                         (max_subscriptions_per_session); close one first"
+                    ),
+                ));
+            }
         }
         let head = state.head_seq;
         let mut pending = VecDeque::new();

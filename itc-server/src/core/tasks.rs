@@ -66,8 +66,8 @@ impl Core {
         };
         validate::id("agent_id", &new.agent_id)?;
         validate::required_text("description", &new.description)?;
-        validate::payload("metadata", new.metadata.as_ref(), limits.max_payload_bytes)?;
-        validate::payload("plan", new.plan.as_ref(), limits.max_payload_bytes)?;
+        validate::payload("metadata", new.metadata.as_ref(), limits.payloads())?;
+        validate::payload("plan", new.plan.as_ref(), limits.payloads())?;
         let stall_timeout = match new.stall_timeout {
             None => limits.default_stall_timeout,
             Some(t) if t.is_zero() => limits.default_stall_timeout,
@@ -196,7 +196,7 @@ impl Core {
     #[tracing::instrument(level = "debug", skip(self, data))]
     pub async fn publish_update(&self, task_id: &str, data: JsonMap) -> Result<Ack, CoreError> {
         validate::id("task_id", task_id)?;
-        validate::payload("data", Some(&data), self.inner.config.max_payload_bytes)?;
+        validate::payload("data", Some(&data), self.inner.config.payloads())?;
         self.write(|state, tx| {
             let task = state.live_task(task_id, "publish an update")?;
             task.version += 1;
@@ -222,7 +222,7 @@ impl Core {
     #[tracing::instrument(level = "debug", skip(self, outcome))]
     pub async fn finish_task(&self, task_id: &str, outcome: Outcome) -> Result<Arc<Task>, CoreError> {
         validate::id("task_id", task_id)?;
-        let max_payload = self.inner.config.max_payload_bytes;
+        let max_payload = self.inner.config.payloads();
         match &outcome {
             Outcome::Completed(result) => validate::value("result", result.as_ref(), max_payload)?,
             Outcome::Failed(error) => {

@@ -15,4 +15,5 @@ pub use agent::AgentApi;
 pub use coordinator::CoordinatorApi;
 pub use monitor::MonitorApi;
 pub use session::SessionApi;
+pub(crate) use status::limit_status;
 pub use wire::MonitorRoutes;
