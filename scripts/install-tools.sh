@@ -2,6 +2,7 @@
 # Installs the tools the shell and Python checks need, locally under .tools/ (gitignored):
 #   - buf (npm package @bufbuild/buf) in .tools/node_modules/.bin/buf
 #   - a Python venv in .tools/venv with grpcio, grpcio-tools, protobuf and cryptography
+#   - cargo-fuzz in .tools/cargo/bin (for scripts/fuzz.sh)
 #   - the Node check's packages (@grpc/grpc-js, @grpc/proto-loader) in
 #     tests/node/node_modules, exactly as tests/node/package-lock.json pins them
 # Idempotent: a tool already present at the pinned version is left alone.
@@ -102,6 +103,17 @@ else
   log "installing the Node check's packages (npm ci in tests/node)"
   npm ci --ignore-scripts --no-audit --no-fund --prefix "$node_dir" >/dev/null
   log "tests/node/node_modules ready: $(cd "$node_dir" && node -p 'require("@grpc/grpc-js/package.json").version + " grpc-js, " + require("@grpc/proto-loader/package.json").version + " proto-loader"')"
+fi
+
+# --- cargo-fuzz, for scripts/fuzz.sh ---------------------------------------------------------
+CARGO_FUZZ_VERSION="0.13.2"
+cargo_fuzz="$TOOLS/cargo/bin/cargo-fuzz"
+if [[ -x "$cargo_fuzz" ]] && [[ "$("$cargo_fuzz" --version 2>/dev/null)" == "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+  log "cargo-fuzz $CARGO_FUZZ_VERSION already installed"
+else
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION into .tools/cargo (a few minutes, once)"
+  cargo install --quiet --locked --root "$TOOLS/cargo" --version "$CARGO_FUZZ_VERSION" cargo-fuzz
+  log "cargo-fuzz $("$cargo_fuzz" --version) installed"
 fi
 
 log "done"

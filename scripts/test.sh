@@ -18,9 +18,11 @@ bash scripts/install-tools.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p itc-server --features fuzzing --all-targets --locked -- -D warnings
 
 step "cargo check of each crate on its own (no feature unification)"
 for crate in itc-proto itc-server itc-client itc-bench itc-cli; do
@@ -58,6 +60,10 @@ if [ "$rows" -lt 15 ]; then
 fi
 echo "itc-bench --quick: $rows result rows, no scenario failed"
 
+step "fuzzing: the seeds and regressions replayed, then each target for ${FUZZ_SECONDS:-20}s"
+cargo test -p itc-server --features fuzzing --test fuzz_inputs --locked
+bash scripts/fuzz.sh
+
 step "schema: buf lint, and buf breaking against the newest release (tag schema/vX.Y.Z)"
 bash scripts/check-schema.sh
 
@@ -76,4 +82,4 @@ cargo build -p itc-cli --locked --quiet
 bash scripts/check-cli.sh
 
 printf '\nall checks passed in %ss\n' "$((SECONDS - started))"
-echo "checks: 12 passed, 0 failed"
+echo "checks: 13 passed, 0 failed"

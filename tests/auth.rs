@@ -25,29 +25,44 @@ const PRINCIPALS: [(&str, &str); 4] = [
 
 struct Secured {
     server: TestServer,
+    path: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// The tokens file's text for `principals`.
+fn tokens_file(principals: &[(&str, &str)]) -> String {
+    principals
+        .iter()
+        .map(|(id, roles)| {
+            format!(
+                "[[principal]]\nid = \"{id}\"\nroles = {roles}\ntoken_sha256 = \"{}\"\n\n",
+                token_sha256(&format!("{id}-token"))
+            )
+        })
+        .collect()
+}
+
+/// A request with `id`'s token.
+fn with_token<T>(message: T, id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {id}-token").parse().unwrap());
+    request
 }
 
 impl Secured {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("tokens.toml");
-        let text: String = PRINCIPALS
-            .iter()
-            .map(|(id, roles)| {
-                format!(
-                    "[[principal]]\nid = \"{id}\"\nroles = {roles}\ntoken_sha256 = \"{}\"\n\n",
-                    token_sha256(&format!("{id}-token"))
-                )
-            })
-            .collect();
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, tokens_file(&PRINCIPALS)).unwrap();
         let settings = itc_server::config::Settings {
-            auth_tokens_file: Some(path),
+            auth_tokens_file: Some(path.clone()),
             ..memory()
         };
         Self {
             server: TestServer::start_with(settings).await,
+            path,
             _dir: dir,
         }
     }
@@ -213,10 +228,10 @@ async fn agents_change_only_their_own_tasks_and_only_coordinators_steer() {
     let err = two.report_progress("t1", 0.5, "hijack").await.unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied));
     assert!(
-        err.to_string()
-            .contains("task `t1` belongs to agent `worker-1`, not to `worker-2`"),
+        err.to_string().contains("task `t1` is not one of `worker-2`'s tasks"),
         "{err}"
     );
+    assert!(!err.to_string().contains("worker-1"), "the owner is not named: {err}");
     assert_eq!(
         code(two.publish_update("t1", json!({"x": 1})).await),
         Code::PermissionDenied
@@ -337,4 +352,135 @@ async fn agents_see_only_their_own_and_coordinators_see_everything() {
     assert_eq!(agents, [Some("worker-1"), Some("worker-1")], "{seen:?}");
     let err = one.subscribe().agent("worker-2").start().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied));
+}
+
+#[tokio::test]
+async fn inputs_commands_streams_and_sessions_of_others_stay_out_of_reach() {
+    let secured = Secured::start().await;
+    let one = secured.as_("worker-1").await;
+    let two = secured.as_("worker-2").await;
+    let sup = secured.as_("sup").await;
+    one.start_task(StartTask::new("worker-1", "a").with_task_id("a"))
+        .await
+        .unwrap();
+    two.start_task(StartTask::new("worker-2", "b").with_task_id("b"))
+        .await
+        .unwrap();
+    let channel = secured.server.channel().await;
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(channel.clone());
+    let ask = |task: &str| pb::RequestInputRequest {
+        task_id: task.into(),
+        prompt: "Ship it?".into(),
+        choices: vec!["yes".into(), "no".into()],
+        ..Default::default()
+    };
+
+    // Input requests: only on one's own task; seen only by their agent and coordinators.
+    let refused = agents
+        .request_input(with_token(ask("a"), "worker-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let request = agents
+        .request_input(with_token(ask("a"), "worker-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .input
+        .unwrap()
+        .request_id;
+    assert_eq!(code(two.get_input(&request).await), Code::PermissionDenied);
+    sup.get_input(&request).await.unwrap();
+    one.get_input(&request).await.unwrap();
+    // An agent does not answer, interact, or resume everything.
+    one.open_session("worker-1", SessionKind::Agent, Capabilities::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        code(one.answer("worker-1", &request, json!("yes")).await),
+        Code::PermissionDenied
+    );
+    let mut coordinators = pb::coordinator_service_client::CoordinatorServiceClient::new(channel.clone());
+    let interact = pb::InteractRequest {
+        query: "status".into(),
+        ..Default::default()
+    };
+    let refused = coordinators
+        .interact(with_token(interact, "worker-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(one.get_task("a").await.unwrap().open_inputs.len(), 1, "still open");
+
+    // Commands: seen by the agent of their task and by coordinators.
+    sup.open_session("sup", SessionKind::Supervisor, Capabilities::all())
+        .await
+        .unwrap();
+    let command = sup
+        .coordinate("sup", "a", Action::Query)
+        .data(json!({"question": "ETA?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(two.command(&command.id).await), Code::PermissionDenied);
+    one.command(&command.id).await.unwrap();
+
+    // Subscribe naming another agent's task: narrowed to one's own agent, so nothing of
+    // it arrives (the first HEARTBEAT comes once the replay from seq 0 is through).
+    let mut events = two.subscribe().task("a").after_seq(0).start().await.unwrap();
+    let first = tokio::time::timeout(common::DEADLINE, events.next())
+        .await
+        .expect("a heartbeat in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kind, EventType::Heartbeat, "{first:?}");
+
+    // Disconnecting another's (connected) session: refused; it stays.
+    assert_eq!(code(two.close_session("worker-1").await), Code::PermissionDenied);
+    let sessions = sup.status(StatusQuery::default()).await.unwrap().sessions;
+    assert!(sessions.iter().any(|s| s.id == "worker-1"), "{sessions:?}");
+}
+
+/// A token removed from the file (SIGHUP) ends the streams it opened: UNAUTHENTICATED.
+#[tokio::test]
+async fn revoked_tokens_end_their_open_streams() {
+    let secured = Secured::start().await;
+    let channel = secured.server.channel().await;
+    let sup = secured.as_("sup").await;
+    sup.open_session("sup", SessionKind::Supervisor, Capabilities::all())
+        .await
+        .unwrap();
+    let mut monitor = pb::monitor_service_client::MonitorServiceClient::new(channel.clone());
+    let mut stream = monitor
+        .subscribe(with_token(pb::SubscribeRequest::default(), "sup"))
+        .await
+        .unwrap()
+        .into_inner();
+    let start = tokio::time::timeout(common::DEADLINE, stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(start.is_some(), "STREAM_START");
+
+    // The file without sup; SIGHUP to this process reloads every in-process server's file
+    // (the other tests' files are unchanged, so their principals stay).
+    let others: Vec<_> = PRINCIPALS.iter().copied().filter(|(id, _)| *id != "sup").collect();
+    std::fs::write(&secured.path, tokens_file(&others)).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ended = tokio::time::timeout(common::DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue, // heartbeats until the reload lands
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends after the reload");
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(code(sup.status(StatusQuery::default()).await), Code::Unauthenticated);
 }

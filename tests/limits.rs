@@ -228,3 +228,93 @@ async fn a_principal_past_its_request_rate_is_told_when_to_retry() {
         .await
         .unwrap();
 }
+
+/// A principal's Heartbeat pings count against its request rate (a stream is one call
+/// when it opens, its pings more), and its session-less Subscribe streams against
+/// max_subscriptions_per_session, as one session's.
+#[tokio::test]
+async fn pings_count_toward_the_rate_and_sessionless_streams_toward_the_stream_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[principal]]\nid = \"agent\"\nroles = [\"agent\", \"coordinator\"]\ntoken_sha256 = \"{}\"\n",
+            itc_server::auth::token_sha256("agent-token"),
+        ),
+    )
+    .unwrap();
+    let settings = Settings {
+        auth_tokens_file: Some(path),
+        max_requests_per_second: 5,
+        max_subscriptions_per_session: 2,
+        ..memory()
+    };
+    let server = TestServer::start_with(settings).await;
+    let client = Client::builder(server.uri())
+        .with_auth_token("agent-token")
+        .with_retry(itc_client::RetryPolicy::none())
+        .connect()
+        .await
+        .unwrap();
+    client
+        .open_session("agent", SessionKind::Agent, Capabilities::default())
+        .await
+        .unwrap();
+
+    // Pings back to back: the stream ends with RATE_LIMITED within a bucket's worth.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::HeartbeatRequest>(64);
+    let ping = || pb::HeartbeatRequest {
+        session_id: "agent".into(),
+        ..Default::default()
+    };
+    for _ in 0..20 {
+        tx.send(ping()).await.unwrap();
+    }
+    let mut sessions = pb::session_service_client::SessionServiceClient::new(server.channel().await);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer agent-token".parse().unwrap());
+    let mut replies = sessions.heartbeat(request).await.unwrap().into_inner();
+    let status = tokio::time::timeout(common::DEADLINE, async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("refused within the deadline");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, "RATE_LIMITED");
+    drop(tx);
+
+    // Session-less streams: two, then TOO_MANY_SUBSCRIPTIONS (after the bucket refills).
+    let streams = tokio::time::timeout(common::DEADLINE, async {
+        let mut open = Vec::new();
+        loop {
+            match client.subscribe().start().await {
+                Ok(stream) => open.push(stream),
+                Err(itc_client::Error::Status(s))
+                    if s.get_details_error_info().is_some_and(|i| i.reason == "RATE_LIMITED") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // the bucket refills
+                }
+                Err(e) => return (open, e),
+            }
+        }
+    })
+    .await
+    .expect("the stream limit answers within the deadline");
+    let (open, err) = streams;
+    assert_eq!(open.len(), 2);
+    let (code, reason, message) = refusal::<()>(Err(err));
+    assert_eq!(
+        (code, reason.as_str()),
+        (Code::ResourceExhausted, "TOO_MANY_SUBSCRIPTIONS"),
+        "{message}"
+    );
+}

@@ -161,6 +161,26 @@ async fn client_certificates_are_required_with_a_client_ca() {
     }
 }
 
+/// TLS options with an http:// URI are refused: tonic would silently connect in
+/// plaintext, and send the token there.
+#[tokio::test]
+async fn tls_options_need_an_https_uri() {
+    let ca = Ca::new("any CA");
+    let err = Client::builder("http://127.0.0.1:1")
+        .with_ca_certificate(ca.pem.clone())
+        .with_auth_token("secret")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, itc_client::Error::InvalidUri { .. }), "{err}");
+    assert!(err.to_string().contains("need an https:// URI"), "{err}");
+    let builder = Client::builder("https://127.0.0.1:1").with_auth_token("secret");
+    assert!(
+        !format!("{builder:?}").contains("secret"),
+        "the token stays out of Debug output"
+    );
+}
+
 #[tokio::test]
 async fn a_bad_tls_file_stops_the_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();

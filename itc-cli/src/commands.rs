@@ -105,14 +105,17 @@ pub(crate) fn interrupted() -> Interrupted {
 /// What [`interrupted`] returns.
 pub(crate) type Interrupted = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
-/// `host:port` or a URI, as a URI (`https://` when TLS options are given).
+/// `host:port` or a URI, as a URI; with TLS options, `https://` (an `http://` address,
+/// such as the default, is upgraded: the token must not travel in plaintext).
 fn uri(addr: &str, tls: bool) -> String {
-    if addr.contains("://") {
+    let uri = if addr.contains("://") {
         addr.to_owned()
-    } else if tls {
-        format!("https://{addr}")
     } else {
         format!("http://{addr}")
+    };
+    match uri.strip_prefix("http://") {
+        Some(rest) if tls => format!("https://{rest}"),
+        _ => uri,
     }
 }
 

@@ -90,7 +90,7 @@ impl RetryPolicy {
 }
 
 /// Builds a [`Client`]: address, timeouts, retry policy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     uri: String,
     connect_timeout: Duration,
@@ -100,8 +100,22 @@ pub struct ClientBuilder {
     tls: Option<Tls>,
 }
 
+impl std::fmt::Debug for ClientBuilder {
+    /// Without the token or the client key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("uri", &self.uri)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 /// TLS options of a [`ClientBuilder`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 struct Tls {
     /// PEM CA certificates the server's chain must lead to; none: the system's roots.
     ca: Vec<Vec<u8>>,
@@ -203,8 +217,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects.
+    /// Connects. TLS options with a URI that is not `https://` are refused: tonic would
+    /// ignore them and connect in plaintext, token and all.
     pub async fn connect(self) -> Result<Client, Error> {
+        if self.tls.is_some() && !self.uri.starts_with("https://") {
+            return Err(Error::InvalidUri {
+                uri: self.uri.clone(),
+                reason: "TLS options (a CA certificate, a client identity or a TLS domain) need an https:// URI".into(),
+            });
+        }
         let mut endpoint = Endpoint::from_shared(self.uri.clone()).map_err(|e| Error::InvalidUri {
             uri: self.uri.clone(),
             reason: e.to_string(),
@@ -222,12 +243,16 @@ impl ClientBuilder {
         }
         let auth = match &self.token {
             None => Auth::default(),
-            Some(token) => Auth(Some(format!("Bearer {token}").parse().map_err(|_| {
-                Error::InvalidData {
-                    field: "auth_token",
-                    reason: "must be printable ASCII".into(),
-                }
-            })?)),
+            Some(token) => {
+                let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+                    format!("Bearer {token}").parse().map_err(|_| Error::InvalidData {
+                        field: "auth_token",
+                        reason: "must be printable ASCII".into(),
+                    })?;
+                // Kept out of debug output and HPACK's dynamic table.
+                value.set_sensitive(true);
+                Auth(Some(value))
+            }
         };
         // Subscriptions get their own connection (an unread stream must not hold up the
         // others through HTTP/2's per-connection flow control), without the request
@@ -267,8 +292,19 @@ pub struct Client {
 pub(crate) type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
 
 /// Adds `authorization: Bearer <token>` to every call when a token is set.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for Auth {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Auth(<redacted>)"
+        } else {
+            "Auth(none)"
+        })
+    }
+}
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {

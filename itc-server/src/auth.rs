@@ -107,6 +107,8 @@ type Tokens = HashMap<[u8; 32], Arc<Principal>>;
 pub struct Authenticator {
     path: PathBuf,
     tokens: RwLock<Arc<Tokens>>,
+    /// Bumped on every reload: open streams look again whether their principal stays.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -125,6 +127,7 @@ impl Authenticator {
         Ok(Self {
             path: path.to_owned(),
             tokens: RwLock::new(Arc::new(tokens)),
+            reloads: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -137,7 +140,14 @@ impl Authenticator {
             Ok(mut current) => *current = tokens,
             Err(poisoned) => *poisoned.into_inner() = tokens,
         }
+        self.reloads.send_modify(|n| *n += 1);
         Ok(count)
+    }
+
+    /// Whether `principal` (as authenticated with `digest`) is still in the file: the
+    /// same token, id and roles.
+    fn still_holds(&self, digest: &[u8; 32], principal: &Principal) -> bool {
+        self.current().get(digest).is_some_and(|p| **p == *principal)
     }
 
     /// The file it reads.
@@ -172,7 +182,43 @@ impl Authenticator {
             .cloned()
             .ok_or_else(|| tonic::Status::unauthenticated("unknown token"))
     }
+
+    fn digest_of(header: Option<&http::HeaderValue>) -> Option<[u8; 32]> {
+        let token = header?.to_str().ok()?;
+        let token = token
+            .strip_prefix("Bearer ")
+            .or_else(|| token.strip_prefix("bearer "))?
+            .trim();
+        Some(Sha256::digest(token.as_bytes()).into())
+    }
 }
+
+/// What a long-lived call (Subscribe, Heartbeat) watches: it resolves once a reload of the
+/// tokens file has removed or changed the caller's token, so that the stream ends.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    auth: Arc<Authenticator>,
+    digest: [u8; 32],
+    principal: Arc<Principal>,
+}
+
+impl Revocation {
+    /// Resolves when the caller's credentials no longer hold.
+    pub async fn revoked(self) {
+        let mut reloads = self.auth.reloads.subscribe();
+        loop {
+            if !self.auth.still_holds(&self.digest, &self.principal) {
+                return;
+            }
+            if reloads.changed().await.is_err() {
+                // The authenticator is gone (the server stopped): nothing more to watch.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Authenticator {}
 
 /// The SHA-256 of a token, as the tokens file writes it (lowercase hex).
 pub fn token_sha256(token: &str) -> String {
@@ -276,8 +322,16 @@ where
         if let Some(auth) = &self.auth
             && !is_open(request.uri().path())
         {
-            match auth.authenticate(request.headers().get(http::header::AUTHORIZATION)) {
+            let header = request.headers().get(http::header::AUTHORIZATION);
+            match auth.authenticate(header) {
                 Ok(principal) => {
+                    if let Some(digest) = Authenticator::digest_of(header) {
+                        request.extensions_mut().insert(Revocation {
+                            auth: auth.clone(),
+                            digest,
+                            principal: principal.clone(),
+                        });
+                    }
                     request.extensions_mut().insert(principal);
                 }
                 Err(status) => {

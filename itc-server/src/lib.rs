@@ -37,6 +37,9 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod metrics;
 mod ratelimit;
@@ -84,6 +87,11 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
+    /// The listener is beyond loopback while authentication is off and `insecure` unset.
+    #[error(
+        "invalid setting `listen`: {0} is not a loopback address, and authentication is off; give auth_tokens_file, or insecure to accept that"
+    )]
+    Unprotected(SocketAddr),
     /// The tokens file (`auth_tokens_file`) could not be used.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
@@ -248,6 +256,23 @@ async fn serve_all(
     core: Core,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    // The loopback rule, for embedders too (the binary's settings were checked already).
+    let local = listener.local_addr().ok();
+    let beyond_loopback = local.is_some_and(|a| !a.ip().is_loopback());
+    if let Some(local) = local
+        && beyond_loopback
+        && settings.auth_tokens_file.is_none()
+        && !settings.insecure
+    {
+        return Err(ServeError::Unprotected(local));
+    }
+    if beyond_loopback && settings.auth_tokens_file.is_some() && settings.tls_cert_file.is_none() {
+        tracing::warn!(
+            ?local,
+            "authentication without TLS beyond loopback: tokens cross the network in plaintext \
+            (set tls_cert_file and tls_key_file, or terminate TLS in front of the server)"
+        );
+    }
     // Authentication: the tokens file, read now (a bad one stops the start), and again on
     // every SIGHUP while serving.
     let auth = match &settings.auth_tokens_file {

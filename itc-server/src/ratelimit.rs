@@ -15,11 +15,35 @@ use std::time::Instant;
 use crate::auth::Principal;
 use crate::error::Limit;
 
-/// The buckets, shared by every connection.
+/// The buckets, shared by every connection; and each principal's Subscribe streams that
+/// name no session (those that do are counted under their session by the core).
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     per_second: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open session-less stream of a principal; counted until dropped.
+#[derive(Debug)]
+pub(crate) struct StreamPermit {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut streams = match self.streams.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(open) = streams.get_mut(&self.id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.id);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -33,7 +57,33 @@ impl RateLimiter {
         Self {
             per_second: f64::from(per_second),
             buckets: Mutex::new(HashMap::new()),
+            streams: Arc::default(),
         }
+    }
+
+    /// Counts a Subscribe stream of `id` that names no session, up to `max`
+    /// (`max_subscriptions_per_session`: a principal is one session's worth).
+    pub(crate) fn open_stream(&self, id: &str, max: usize) -> Result<StreamPermit, crate::error::CoreError> {
+        let mut streams = match self.streams.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let open = streams.entry(id.to_owned()).or_insert(0);
+        if *open >= max {
+            return Err(crate::error::CoreError::limit(
+                Limit::SubscriptionsPerSession,
+                None,
+                format!(
+                    "`{id}` has {open} Subscribe streams open without a session, the limit \
+                     (max_subscriptions_per_session); close one first"
+                ),
+            ));
+        }
+        *open += 1;
+        Ok(StreamPermit {
+            streams: self.streams.clone(),
+            id: id.to_owned(),
+        })
     }
 
     /// Takes a token of `id`'s bucket; false when it is empty.
@@ -58,7 +108,26 @@ impl RateLimiter {
     }
 }
 
-/// Applies the limiter to every call that carries a principal.
+impl RateLimiter {
+    /// Takes a token of `id`'s bucket now, or answers the RATE_LIMITED status.
+    pub(crate) fn check(&self, id: &str) -> Result<(), tonic::Status> {
+        if self.admit(id, Instant::now()) {
+            return Ok(());
+        }
+        Err(crate::grpc::limit_status(
+            Limit::RequestRate,
+            None,
+            format!(
+                "`{id}` made more than max_requests_per_second ({}) calls in the last second; retry in a moment",
+                self.per_second
+            ),
+        ))
+    }
+}
+
+/// Applies the limiter to every call that carries a principal, and hands it to the call
+/// (in the request's extensions) for what a stream does after it opened: Heartbeat
+/// pings count too.
 #[derive(Debug, Clone)]
 pub(crate) struct RateLayer {
     limiter: Option<Arc<RateLimiter>>,
@@ -102,19 +171,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if let (Some(limiter), Some(principal)) = (&self.limiter, request.extensions().get::<Arc<Principal>>())
-            && !limiter.admit(&principal.id, Instant::now())
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        if let Some(limiter) = &self.limiter
+            && let Some(principal) = request.extensions().get::<Arc<Principal>>()
         {
-            let status = crate::grpc::limit_status(
-                Limit::RequestRate,
-                None,
-                format!(
-                    "`{}` made more than max_requests_per_second ({}) calls in the last second; retry in a moment",
-                    principal.id, limiter.per_second
-                ),
-            );
-            return futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
+            if let Err(status) = limiter.check(&principal.id) {
+                return futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
+            }
+            request.extensions_mut().insert(limiter.clone());
         }
         futures_util::future::Either::Right(self.inner.call(request))
     }

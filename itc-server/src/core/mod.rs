@@ -456,6 +456,11 @@ impl Core {
         }
     }
 
+    /// The limits and defaults it applies.
+    pub fn config(&self) -> &CoreConfig {
+        &self.inner.config
+    }
+
     /// The store the core writes to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store

@@ -167,6 +167,8 @@ impl Heartbeat {
     /// Renews the lease (a ping); `task_ids` are tasks the agent vouches it works on (a
     /// STALLED one among them is un-flagged). Returns the new lease expiry.
     pub async fn ping(&self, task_ids: &[String]) -> Result<SystemTime, CoreError> {
+        // Bounded before the ids are looked up under the state lock.
+        validate::entries("task_ids", task_ids.len(), self.core.inner.config.max_filter_entries)?;
         for id in task_ids {
             validate::id("task_ids", id)?;
         }

@@ -33,6 +33,11 @@ impl Caller {
         Self(request.extensions().get::<Arc<Principal>>().cloned())
     }
 
+    /// The principal's id; `None` with authentication off.
+    pub(crate) fn id(&self) -> Option<&str> {
+        self.0.as_ref().map(|p| p.id.as_str())
+    }
+
     /// `id`, given in `field`, must be the caller's own id.
     pub(crate) fn acts_as(&self, field: &str, id: &str) -> Result<(), Status> {
         match &self.0 {
@@ -67,8 +72,8 @@ impl Caller {
         let task = core.task(task_id)?;
         if task.agent_id != p.id {
             return Err(denied(format!(
-                "task `{task_id}` belongs to agent `{}`, not to `{}`: an agent changes only its own tasks",
-                task.agent_id, p.id
+                "task `{task_id}` is not one of `{}`'s tasks: an agent changes only its own",
+                p.id
             )));
         }
         Ok(())
@@ -78,7 +83,7 @@ impl Caller {
     pub(crate) fn sees(&self, what: &str, agent_id: &str) -> Result<(), Status> {
         match &self.0 {
             Some(p) if !p.sees_all() && p.id != agent_id => Err(denied(format!(
-                "{what} belongs to agent `{agent_id}`; `{}` sees only its own",
+                "{what} is not one of `{}`'s: an agent sees only its own",
                 p.id
             ))),
             _ => Ok(()),

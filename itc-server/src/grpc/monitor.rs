@@ -9,11 +9,15 @@ use itc_proto::v1::monitor_service_server::MonitorService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::authz::Caller;
 use super::convert;
 use super::wire::{StatusWire, SubscribeWire};
+use crate::auth::Revocation;
 use crate::core::{Core, StreamItem};
 use crate::error::CoreError;
+use crate::ratelimit::RateLimiter;
 
 /// A Subscribe stream as Subscribe sends it.
 pub(crate) type WireStream = Pin<Box<dyn Stream<Item = Result<SubscribeWire, Status>> + Send>>;
@@ -33,23 +37,48 @@ impl MonitorApi {
     /// Subscribe: the subscription's items as stream messages.
     pub(crate) fn subscribe_wire(&self, request: Request<pb::SubscribeRequest>) -> Result<WireStream, Status> {
         let caller = Caller::of(&request);
+        let limiter = request.extensions().get::<Arc<RateLimiter>>().cloned();
+        let revocation = request.extensions().get::<Revocation>().cloned();
         let mut request = convert::subscribe_request(request.into_inner())?;
         // An agent's stream carries its own tasks' events only (filters are ANDed).
         caller.narrow_agents("filter.agent_ids", &mut request.filter.agent_ids)?;
         if let Some(session_id) = &request.session_id {
             caller.acts_as("session_id", session_id)?;
         }
+        // A stream under a session is counted by the core; one without, per principal.
+        let permit = match (&request.session_id, caller.id(), limiter) {
+            (None, Some(id), Some(limiter)) => {
+                Some(limiter.open_stream(id, self.core.config().max_subscriptions_per_session)?)
+            }
+            _ => None,
+        };
         let subscription = self.core.subscribe(request)?;
         tracing::debug!(subscription = subscription.id(), "subscribed");
         // The stream owns the subscription: when the client goes away tonic drops the
         // stream, and the subscription unregisters at once.
         // Items come in batches (everything sendable at a wake-up) and are converted one
         // at a time as tonic encodes them.
-        let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+        // The permit lives as long as the stream.
+        let stream = futures_util::stream::unfold((subscription, permit), |(mut sub, permit)| async move {
             let batch = sub.next_batch().await?;
-            Some((batch, sub))
+            Some((batch, (sub, permit)))
         })
         .flat_map(|batch| futures_util::stream::iter(Batch::from(batch)));
+        // A token removed from the tokens file (SIGHUP) ends its streams: UNAUTHENTICATED.
+        if let Some(revocation) = revocation {
+            let revoked = futures_util::stream::once(async move {
+                revocation.revoked().await;
+                Err(Status::unauthenticated("the token was revoked (tokens file reloaded)"))
+            });
+            let stream = futures_util::stream::select(stream, revoked).scan(false, |ended, item| {
+                let next = (!*ended).then(|| {
+                    *ended = item.is_err();
+                    item
+                });
+                std::future::ready(next)
+            });
+            return Ok(Box::pin(stream));
+        }
         Ok(Box::pin(stream))
     }
 

@@ -1,5 +1,6 @@
 //! `itc.v1.SessionService`: sessions and the bidirectional heartbeat.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
 
@@ -8,10 +9,14 @@ use itc_proto::v1::session_service_server::SessionService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
 use super::authz::Caller;
 use super::convert;
+use crate::auth::Revocation;
 use crate::core::{Capabilities, ConnectRequest, Core, Heartbeat, Notice, Push};
 use crate::error::CoreError;
+use crate::ratelimit::RateLimiter;
 
 /// The SessionService adapter over the core.
 #[derive(Debug, Clone)]
@@ -67,6 +72,8 @@ impl SessionService for SessionApi {
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         let caller = Caller::of(&request);
+        let request_rate = request.extensions().get::<Arc<RateLimiter>>().cloned();
+        let revocation = request.extensions().get::<Revocation>().cloned();
         let mut inbound = request.into_inner();
         // The first ping names the session.
         let first = match inbound.next().await {
@@ -77,6 +84,8 @@ impl SessionService for SessionApi {
         // Check the first ping before opening: a faulty stream must not take over a good one.
         // (Later pings must name the same session: checked as they come.)
         caller.acts_as("session_id", &first.session_id)?;
+        // Each later ping counts against the principal's request rate, as a call does.
+        let rate = Rate::of(&caller, &request_rate);
         for id in &first.task_ids {
             crate::core::validate_id("task_ids", id)?;
         }
@@ -88,6 +97,8 @@ impl SessionService for SessionApi {
             inbound: Some(inbound),
             first: Some(lease),
             ended: false,
+            rate,
+            revoked: revocation.map(|r| Box::pin(r.revoked()) as Pin<Box<dyn Future<Output = ()> + Send>>),
         };
         let stream = futures_util::stream::unfold(state, |mut beat| async move {
             let item = beat.next().await?;
@@ -105,6 +116,24 @@ struct Beat {
     inbound: Option<Streaming<pb::HeartbeatRequest>>,
     first: Option<SystemTime>,
     ended: bool,
+    rate: Option<Rate>,
+    /// Resolves once the caller's token is removed from the tokens file.
+    revoked: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+/// The request rate a stream's pings count against: its principal's bucket.
+struct Rate {
+    limiter: Arc<RateLimiter>,
+    principal: String,
+}
+
+impl Rate {
+    fn of(caller: &Caller, limiter: &Option<Arc<RateLimiter>>) -> Option<Self> {
+        Some(Self {
+            limiter: limiter.clone()?,
+            principal: caller.id()?.to_owned(),
+        })
+    }
 }
 
 impl Beat {
@@ -132,6 +161,12 @@ impl Beat {
                                 "every ping of a Heartbeat stream must name the same session",
                             ).into()));
                         }
+                        if let Some(rate) = &self.rate
+                            && let Err(status) = rate.limiter.check(&rate.principal)
+                        {
+                            self.ended = true;
+                            return Some(Err(status));
+                        }
                         return Some(self.heartbeat.ping(&ping.task_ids).await.map(renewed).map_err(Status::from));
                     }
                     Some(Err(status)) => {
@@ -140,6 +175,16 @@ impl Beat {
                     }
                     None => self.inbound = None,
                 },
+                () = async {
+                    match self.revoked.as_mut() {
+                        Some(revoked) => revoked.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // The session then ends with its lease, releasing its locks.
+                    self.ended = true;
+                    return Some(Err(Status::unauthenticated("the token was revoked (tokens file reloaded)")));
+                }
                 push = self.heartbeat.next() => {
                     if let Some(response) = self.respond(push?).await {
                         return Some(Ok(response));
