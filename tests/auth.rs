@@ -67,6 +67,18 @@ impl Secured {
         }
     }
 
+    /// worker-1 with task `a`, worker-2 with task `b`, and the coordinator `sup`.
+    async fn two_agents(&self) -> (Client, Client, Client) {
+        let (one, two) = (self.as_("worker-1").await, self.as_("worker-2").await);
+        one.start_task(StartTask::new("worker-1", "a").with_task_id("a"))
+            .await
+            .unwrap();
+        two.start_task(StartTask::new("worker-2", "b").with_task_id("b"))
+            .await
+            .unwrap();
+        (one, two, self.as_("sup").await)
+    }
+
     async fn as_(&self, id: &str) -> Client {
         Client::builder(self.server.uri())
             .with_auth_token(format!("{id}-token"))
@@ -293,16 +305,8 @@ async fn agents_change_only_their_own_tasks_and_only_coordinators_steer() {
 #[tokio::test]
 async fn agents_see_only_their_own_and_coordinators_see_everything() {
     let secured = Secured::start().await;
-    let one = secured.as_("worker-1").await;
-    let two = secured.as_("worker-2").await;
-    let sup = secured.as_("sup").await;
+    let (one, two, sup) = secured.two_agents().await;
     let root = secured.as_("root").await;
-    one.start_task(StartTask::new("worker-1", "a").with_task_id("a"))
-        .await
-        .unwrap();
-    two.start_task(StartTask::new("worker-2", "b").with_task_id("b"))
-        .await
-        .unwrap();
     two.open_session("worker-2", SessionKind::Agent, Capabilities::default())
         .await
         .unwrap();
@@ -357,15 +361,7 @@ async fn agents_see_only_their_own_and_coordinators_see_everything() {
 #[tokio::test]
 async fn inputs_commands_streams_and_sessions_of_others_stay_out_of_reach() {
     let secured = Secured::start().await;
-    let one = secured.as_("worker-1").await;
-    let two = secured.as_("worker-2").await;
-    let sup = secured.as_("sup").await;
-    one.start_task(StartTask::new("worker-1", "a").with_task_id("a"))
-        .await
-        .unwrap();
-    two.start_task(StartTask::new("worker-2", "b").with_task_id("b"))
-        .await
-        .unwrap();
+    let (one, two, sup) = secured.two_agents().await;
     let channel = secured.server.channel().await;
     let mut agents = pb::agent_service_client::AgentServiceClient::new(channel.clone());
     let ask = |task: &str| pb::RequestInputRequest {
