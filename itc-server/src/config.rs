@@ -688,6 +688,29 @@ mod tests {
     }
 
     /// Metrics are off unless `metrics_listen` is set, from the file or above it.
+    /// Beyond loopback takes authentication, or `insecure` said out loud; on loopback
+    /// neither is needed (the quick start).
+    #[test]
+    fn listening_beyond_loopback_takes_auth_or_insecure() {
+        let wide = Settings {
+            listen: "0.0.0.0:50051".parse().unwrap_or(Settings::default().listen),
+            ..Settings::default()
+        };
+        let err = wide.validate().unwrap_err().to_string();
+        assert!(err.contains("listen") && err.contains("--insecure"), "{err}");
+        let insecure = Settings {
+            insecure: true,
+            ..wide.clone()
+        };
+        assert!(insecure.validate().is_ok());
+        let authenticated = Settings {
+            auth_tokens_file: Some("tokens.toml".into()),
+            ..wide
+        };
+        assert!(authenticated.validate().is_ok());
+        assert!(Settings::default().validate().is_ok(), "loopback needs neither");
+    }
+
     #[test]
     fn metrics_listen_is_off_by_default() {
         let s = Overrides::default().resolve().unwrap_or_else(|e| panic!("{e}"));
