@@ -1,6 +1,7 @@
-"""Writes the seed inputs of the `requests` fuzz target: one per request type, each the
-type byte then a plausible protobuf encoding (task `t`, sessions `sup` and `agent`, as
-itc_server::fuzzing seeds its server).
+"""Writes the seed inputs of the `requests` fuzz target: one per request type and caller,
+each the type byte (plus 32 for the principal `agent`, 64 for `sup`; see
+itc_server::fuzzing) then a plausible protobuf encoding (task `t`, sessions `sup` and
+`agent`, as itc_server::fuzzing seeds its server).
 
 Usage: PYTHONPATH=<stubs generated from proto/> python fuzz/make_request_seeds.py fuzz/seeds/requests
 """
@@ -32,6 +33,10 @@ seeds = {
  17: m.SubscribeRequest(filter=t.SubscriptionFilter(task_ids=["t"], event_types=[t.EVENT_TYPE_TASK_PROGRESS]), after_seq=0, snapshot=True, session_id="sup"),
  18: s.ConnectRequest(session_id="sup2", kind=t.SESSION_KIND_SUPERVISOR, capabilities=t.Capabilities(streaming=True, interruption=True), lease_ttl=duration_pb2.Duration(seconds=3)),
  19: s.DisconnectRequest(session_id="agent"),
+ 20: c.GetCommandRequest(command_id="c"),
+ 21: m.GetInputRequest(request_id="r"),
+ 22: c.ResumeAllRequest(coordinator_id="sup"),
 }
 for kind, msg in seeds.items():
-    open(f"{sys.argv[1]}/kind-{kind:02}", "wb").write(bytes([kind]) + msg.SerializeToString())
+    for caller, offset in (("", 0), ("-agent", 32), ("-sup", 64)):
+        open(f"{sys.argv[1]}/kind-{kind:02}{caller}", "wb").write(bytes([kind + offset]) + msg.SerializeToString())

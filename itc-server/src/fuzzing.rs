@@ -5,11 +5,14 @@
 //! - [`open_log_segment`]: the bytes as the first segment of a log store's data dir, then
 //!   the store opened (headers, committed length, record checksums, MessagePack and JSON
 //!   bodies, recovery).
-//! - [`call_services`]: the first byte picks a request type, the rest is decoded as that
-//!   protobuf message and sent through the gRPC adapters (conversion, validation,
-//!   authorization off, the core) of a server that holds one running task `t`, one
+//! - [`call_services`]: the first byte picks a request type (its low bits) and the caller
+//!   (its high bits: nobody, as with authentication off, or the principal `agent` with
+//!   the agent role, or `sup` with the coordinator role); the rest is decoded as that
+//!   protobuf message and sent through the gRPC adapters (conversion, authorization,
+//!   validation, the core) of a server that holds one running task `t` of `agent`, one
 //!   coordinator session `sup` and one agent session `agent`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use itc_proto::v1::session_service_server::SessionService;
 use prost::Message;
 use tonic::Request;
 
+use crate::auth::{Principal, Role};
 use crate::core::{Capabilities, ConnectRequest, Core, CoreConfig, NewTask, SessionKind};
 use crate::grpc::{AgentApi, CoordinatorApi, MonitorApi, SessionApi};
 use crate::store::{LogOptions, LogStore, SyncLevel};
@@ -81,14 +85,26 @@ async fn call(kind: u8, body: &[u8]) {
     let coordinator = CoordinatorApi::new(core.clone());
     let monitor = MonitorApi::new(core.clone());
     let sessions = SessionApi::new(core.clone());
+    // The caller, as the auth layer would have put it in the request.
+    let principal = match kind / 32 {
+        1 | 3 => Some(("agent", Role::Agent)),
+        2 | 4 => Some(("sup", Role::Coordinator)),
+        _ => None,
+    }
+    .map(|(id, role)| {
+        Arc::new(Principal {
+            id: id.into(),
+            roles: vec![role],
+        })
+    });
     macro_rules! send {
         ($api:ident . $method:ident ($message:ty)) => {
             if let Ok(message) = <$message>::decode(body) {
-                let _ = $api.$method(Request::new(message)).await;
+                let _ = $api.$method(with_caller(message, &principal)).await;
             }
         };
     }
-    match kind % 20 {
+    match kind % 32 {
         0 => send!(agent.start_task(pb::StartTaskRequest)),
         1 => send!(agent.report_progress(pb::ReportProgressRequest)),
         2 => send!(agent.publish_update(pb::PublishUpdateRequest)),
@@ -110,15 +126,30 @@ async fn call(kind: u8, body: &[u8]) {
             // Subscribe: opening it converts and validates the request; the first item is
             // the stream's start (or its error).
             if let Ok(message) = pb::SubscribeRequest::decode(body)
-                && let Ok(stream) = monitor.subscribe(Request::new(message)).await
+                && let Ok(stream) = monitor.subscribe(with_caller(message, &principal)).await
             {
                 let mut stream = stream.into_inner();
                 let _ = tokio_stream::StreamExt::next(&mut stream).await;
             }
         }
         18 => send!(sessions.connect(pb::ConnectRequest)),
-        _ => send!(sessions.disconnect(pb::DisconnectRequest)),
+        19 => send!(sessions.disconnect(pb::DisconnectRequest)),
+        20 => send!(coordinator.get_command(pb::GetCommandRequest)),
+        21 => send!(monitor.get_input(pb::GetInputRequest)),
+        22 => send!(coordinator.resume_all(pb::ResumeAllRequest)),
+        _ => {
+            // Heartbeat is a client stream; its handler is driven by the adapters' tests.
+        }
     }
+}
+
+/// `message` as a request of `principal` (as the auth layer leaves it), or of nobody.
+fn with_caller<T>(message: T, principal: &Option<Arc<Principal>>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal.clone());
+    }
+    request
 }
 
 /// A task `t` of agent `agent`, running, with the agent and coordinator `sup` connected.
