@@ -78,8 +78,8 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto)]
     pub(crate) color: ColorWhen,
 
-    /// Who steers: the coordinator session the steering verbs open (kind HUMAN).
-    /// Default: $USER.
+    /// Who steers: the coordinator session the steering verbs act as (the connected one,
+    /// or one opened as HUMAN and left to its lease). Default: $USER.
     #[arg(long = "as", global = true, env = "ITC_AS", value_name = "SESSION_ID")]
     pub(crate) as_id: Option<String>,
 

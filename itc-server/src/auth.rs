@@ -30,6 +30,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::core::validate;
+use crate::ratelimit::RateLimiter;
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -164,6 +165,12 @@ impl Authenticator {
 
     /// The principal of an `authorization` header value (`Bearer <token>`).
     pub fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Arc<Principal>, tonic::Status> {
+        self.credential(header).map(|(principal, _)| principal)
+    }
+
+    /// The principal of an `authorization` header value, and its token's digest (what a
+    /// later reload is checked against).
+    fn credential(&self, header: Option<&http::HeaderValue>) -> Result<(Arc<Principal>, [u8; 32]), tonic::Status> {
         let Some(header) = header else {
             return Err(tonic::Status::unauthenticated(
                 "no credentials: send `authorization: Bearer <token>`",
@@ -177,19 +184,12 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| tonic::Status::unauthenticated("the authorization header is not `Bearer <token>`"))?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.current()
+        let principal = self
+            .current()
             .get(&digest)
             .cloned()
-            .ok_or_else(|| tonic::Status::unauthenticated("unknown token"))
-    }
-
-    fn digest_of(header: Option<&http::HeaderValue>) -> Option<[u8; 32]> {
-        let token = header?.to_str().ok()?;
-        let token = token
-            .strip_prefix("Bearer ")
-            .or_else(|| token.strip_prefix("bearer "))?
-            .trim();
-        Some(Sha256::digest(token.as_bytes()).into())
+            .ok_or_else(|| tonic::Status::unauthenticated("unknown token"))?;
+        Ok((principal, digest))
     }
 }
 
@@ -272,16 +272,18 @@ fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 
-/// Authenticates every call to the ITC services (see the module docs); with no
-/// authenticator (auth off), lets every call through as it is.
+/// Authenticates every call to the ITC services (see the module docs), then takes a token
+/// of the principal's request rate ([`RateLimiter`]); with no authenticator (auth off),
+/// lets every call through as it is. One layer: a call pays one check when auth is off.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthLayer {
     auth: Option<Arc<Authenticator>>,
+    rate: Option<Arc<RateLimiter>>,
 }
 
 impl AuthLayer {
-    pub(crate) fn new(auth: Option<Arc<Authenticator>>) -> Self {
-        Self { auth }
+    pub(crate) fn new(auth: Option<Arc<Authenticator>>, rate: Option<Arc<RateLimiter>>) -> Self {
+        Self { auth, rate }
     }
 }
 
@@ -292,6 +294,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            rate: self.rate.clone(),
         }
     }
 }
@@ -301,6 +304,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub(crate) struct AuthService<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    rate: Option<Arc<RateLimiter>>,
 }
 
 type Refused<R, E> = std::future::Ready<Result<R, E>>;
@@ -322,23 +326,28 @@ where
         if let Some(auth) = &self.auth
             && !is_open(request.uri().path())
         {
-            let header = request.headers().get(http::header::AUTHORIZATION);
-            match auth.authenticate(header) {
-                Ok(principal) => {
-                    if let Some(digest) = Authenticator::digest_of(header) {
-                        request.extensions_mut().insert(Revocation {
-                            auth: auth.clone(),
-                            digest,
-                            principal: principal.clone(),
-                        });
-                    }
-                    request.extensions_mut().insert(principal);
-                }
+            let refused =
+                |status: tonic::Status| futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
+            let (principal, digest) = match auth.credential(request.headers().get(http::header::AUTHORIZATION)) {
+                Ok(credential) => credential,
                 Err(status) => {
                     tracing::debug!(path = %request.uri().path(), reason = status.message(), "unauthenticated call");
-                    return futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
+                    return refused(status);
                 }
+            };
+            if let Some(rate) = &self.rate {
+                if let Err(status) = rate.check(&principal.id) {
+                    return refused(status);
+                }
+                // For what a stream does after it opened: Heartbeat pings count too.
+                request.extensions_mut().insert(rate.clone());
             }
+            request.extensions_mut().insert(Revocation {
+                auth: auth.clone(),
+                digest,
+                principal: principal.clone(),
+            });
+            request.extensions_mut().insert(principal);
         }
         futures_util::future::Either::Right(self.inner.call(request))
     }

@@ -372,8 +372,7 @@ async fn serve_all(
         // poll) cost about 7% of a Coordinate load's throughput (BENCHMARKS.md).
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(metrics::RpcLayer::new(core.metrics().clone()))
-        .layer(auth::AuthLayer::new(auth))
-        .layer(ratelimit::RateLayer::new(rate))
+        .layer(auth::AuthLayer::new(auth, rate))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,7 +1,7 @@
 //! The request rate of each authenticated principal (`max_requests_per_second`): a token
-//! bucket per principal holding a second's worth of calls, refilled continuously. A call
-//! past it answers RESOURCE_EXHAUSTED with reason RATE_LIMITED and a RetryInfo, and runs
-//! nothing. Without authentication there is no principal to count, and no limit (the
+//! bucket per principal holding a second's worth of calls, refilled continuously, taken
+//! by [`crate::auth::AuthLayer`] once it knows the caller. A call past it answers
+//! RESOURCE_EXHAUSTED with reason RATE_LIMITED and a RetryInfo, and runs nothing. Without authentication there is no principal to count, and no limit (the
 //! server then listens on loopback only, or was told `--insecure`).
 //!
 //! Each call (a Subscribe or Heartbeat stream counts once, when it opens) takes a token;
@@ -9,10 +9,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::auth::Principal;
 use crate::error::Limit;
 
 /// The buckets, shared by every connection; and each principal's Subscribe streams that
@@ -122,65 +120,6 @@ impl RateLimiter {
                 self.per_second
             ),
         ))
-    }
-}
-
-/// Applies the limiter to every call that carries a principal, and hands it to the call
-/// (in the request's extensions) for what a stream does after it opened: Heartbeat
-/// pings count too.
-#[derive(Debug, Clone)]
-pub(crate) struct RateLayer {
-    limiter: Option<Arc<RateLimiter>>,
-}
-
-impl RateLayer {
-    /// `None`: no limit (authentication off).
-    pub(crate) fn new(limiter: Option<Arc<RateLimiter>>) -> Self {
-        Self { limiter }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for RateLayer {
-    type Service = RateService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateService {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-/// The service of [`RateLayer`].
-#[derive(Debug, Clone)]
-pub(crate) struct RateService<S> {
-    inner: S,
-    limiter: Option<Arc<RateLimiter>>,
-}
-
-impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for RateService<S>
-where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = http::Response<ResBody>;
-    type Error = S::Error;
-    type Future = futures_util::future::Either<std::future::Ready<Result<Self::Response, Self::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        if let Some(limiter) = &self.limiter
-            && let Some(principal) = request.extensions().get::<Arc<Principal>>()
-        {
-            if let Err(status) = limiter.check(&principal.id) {
-                return futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
-            }
-            request.extensions_mut().insert(limiter.clone());
-        }
-        futures_util::future::Either::Right(self.inner.call(request))
     }
 }
 
