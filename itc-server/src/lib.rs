@@ -97,6 +97,32 @@ pub enum ServeError {
     Auth(#[from] auth::AuthError),
 }
 
+/// Reads what the settings name (the tokens file, the TLS certificate and key) and checks
+/// it can be used, without serving: the binary calls it before it announces itself, so a
+/// bad file stops the start with its reason, not after `listening on`.
+pub fn preflight(settings: &Settings) -> Result<(), ServeError> {
+    if let Some(path) = &settings.auth_tokens_file {
+        auth::Authenticator::load(path)?;
+    }
+    if let Some(tls) = tls_config(settings)? {
+        tonic::transport::Server::builder().tls_config(tls).map_err(tls_error)?;
+    }
+    Ok(())
+}
+
+/// A TLS configuration tonic refused, with its innermost cause (tonic's own message is
+/// only "transport error").
+fn tls_error(error: tonic::transport::Error) -> ServeError {
+    let mut cause: &dyn std::error::Error = &error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    ServeError::Tls {
+        setting: "tls_cert_file",
+        reason: format!("the certificate or key cannot be used: {cause}"),
+    }
+}
+
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -124,10 +150,10 @@ fn tls_config(settings: &Settings) -> Result<Option<tonic::transport::ServerTlsC
             .client_ca_root(Certificate::from_pem(read("tls_client_ca_file", ca)?))
             .client_auth_optional(false);
     }
-    tracing::info!(
+    tracing::debug!(
         cert = %cert.display(),
         client_certificates = settings.tls_client_ca_file.is_some(),
-        "TLS on"
+        "TLS configuration read"
     );
     Ok(Some(tls))
 }
@@ -359,10 +385,7 @@ async fn serve_all(
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls_config(&settings)? {
-        builder = builder.tls_config(tls).map_err(|e| ServeError::Tls {
-            setting: "tls_cert_file",
-            reason: e.to_string(),
-        })?;
+        builder = builder.tls_config(tls).map_err(tls_error)?;
     }
     let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

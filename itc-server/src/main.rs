@@ -333,6 +333,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: itc_server::config::Settings) -> ExitCode {
+    // The files the settings name, before the server announces itself.
+    if let Err(e) = itc_server::preflight(&settings) {
+        return fail(&e);
+    }
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(listener) => listener,
         Err(e) => return fail(&format!("cannot listen on {}: {e}", settings.listen)),

@@ -413,3 +413,45 @@ async fn the_tokens_file_reloads_on_sighup() {
     let (code, stderr) = signal_and_wait(child, "-TERM").await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A TLS certificate or key that cannot be used, or a tokens file that cannot be read,
+/// stops the start before the server announces itself: exit 2, naming the setting and
+/// the cause.
+#[tokio::test]
+async fn unusable_tls_or_token_files_stop_the_start_before_listening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate\n").expect("write");
+    let output = tokio::time::timeout(
+        DEADLINE,
+        server()
+            .args(["--listen", "127.0.0.1:0", "--tls-cert-file"])
+            .arg(&bad)
+            .arg("--tls-key-file")
+            .arg(&bad)
+            .output(),
+    )
+    .await
+    .expect("exits before the deadline")
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tls_cert_file") && stderr.contains("cannot be used"),
+        "{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "announced itself: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let (code, stderr) = run_to_end(
+        server()
+            .args(["--listen", "127.0.0.1:0", "--auth-tokens-file"])
+            .arg(dir.path().join("missing.toml")),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read the tokens file"), "{stderr}");
+}
